@@ -1,0 +1,26 @@
+//! AWS Lambda entry point (`provided.al2023`, handler `bootstrap`).
+//!
+//! Builds the shared state once per execution environment (pipeline with its models, service
+//! configuration, Secrets Manager credential cache primed at cold start) and serves API Gateway
+//! REST (v1) and HTTP API (v2) events through the same router as `liveness serve`.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use lambda_http::{service_fn, Body, Error, Request};
+use liveness::api::{self, ApiConfig, App, Deployment};
+use liveness::config::PipelineConfig;
+use liveness::pipeline::Pipeline;
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    api::init_tracing(true);
+    let config = ApiConfig::from_env()?;
+    let pipeline = Arc::new(Pipeline::load(PipelineConfig::from_env()?)?);
+    let app = App::build(pipeline, &config, Deployment::Lambda).await?;
+    let app = &app;
+    lambda_http::run(service_fn(move |request: Request| async move {
+        Ok::<_, Infallible>(app.handle(request).await.map(Body::Text))
+    }))
+    .await
+}
