@@ -1,0 +1,28 @@
+//! Hand-written CPU kernels used by every network.
+//!
+//! candle's generic CPU convolution is 10-50x slower than the arithmetic needs for the small,
+//! mostly depthwise layers of our networks, so convolution (with bias and activation fused) runs
+//! through [`conv::FusedConv2d`], a candle `CustomOp1`. Everything else stays plain candle.
+
+pub mod conv;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+static THREADS: AtomicUsize = AtomicUsize::new(1);
+
+/// Sets how many threads the kernels may use (1 = single-threaded, the default).
+pub fn set_num_threads(n: usize) {
+    THREADS.store(n.max(1), Ordering::Relaxed);
+}
+
+/// The number of threads the kernels may use.
+pub fn num_threads() -> usize {
+    THREADS.load(Ordering::Relaxed)
+}
+
+pub(crate) fn gemm_parallelism() -> gemm::Parallelism {
+    match num_threads() {
+        1 => gemm::Parallelism::None,
+        n => gemm::Parallelism::Rayon(n),
+    }
+}

