@@ -74,10 +74,12 @@ impl SecretsManagerSource {
             )
             .load()
             .await;
-        Self {
-            client: aws_sdk_secretsmanager::Client::new(&shared),
-            secret_id,
-        }
+        Self::new(aws_sdk_secretsmanager::Client::new(&shared), secret_id)
+    }
+
+    /// A source using an already configured client.
+    pub fn new(client: aws_sdk_secretsmanager::Client, secret_id: String) -> Self {
+        Self { client, secret_id }
     }
 }
 

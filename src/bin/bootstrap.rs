@@ -16,7 +16,14 @@ use liveness::pipeline::Pipeline;
 async fn main() -> Result<(), Error> {
     api::init_tracing(true);
     let config = ApiConfig::from_env()?;
-    let pipeline = Arc::new(Pipeline::load(PipelineConfig::from_env()?)?);
+    // Interim until the pipeline's own `PipelineConfig::from_env` lands on main.
+    let pipeline_config = PipelineConfig {
+        model_dir: std::env::var_os("LIVENESS_MODEL_DIR")
+            .map_or_else(|| "models".into(), Into::into),
+        score_threshold: 0.5,
+        max_pixels: 40_000_000,
+    };
+    let pipeline = Arc::new(Pipeline::load(pipeline_config)?);
     let app = App::build(pipeline, &config, Deployment::Lambda).await?;
     let app = &app;
     lambda_http::run(service_fn(move |request: Request| async move {
