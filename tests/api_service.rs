@@ -612,3 +612,96 @@ deny_rules! {
     deny_scheme_file => "file:///etc/passwd";
     deny_user_info => "https://user:pw@example.com/face.jpg";
 }
+
+// ---------------------------------------------------------------- OpenAPI conformance of real responses
+
+struct Case {
+    method: &'static str,
+    path: &'static str,
+    reply: Reply,
+}
+
+fn case_json(c: &Case) -> Value {
+    let headers: serde_json::Map<String, Value> =
+        c.reply.headers.iter().map(|(k, v)| (k.as_str().to_owned(), json!(v.to_str().unwrap()))).collect();
+    json!({"method": c.method, "path": c.path, "status": c.reply.status.as_u16(), "headers": headers, "body": c.reply.json})
+}
+
+fn run_openapi_check(cases: &[Value]) -> (bool, String) {
+    let file = std::env::temp_dir().join(format!("liveness-openapi-cases-{}-{}.json", std::process::id(), free_port()));
+    std::fs::write(&file, serde_json::to_vec(cases).unwrap()).unwrap();
+    let out = std::process::Command::new(repo_root().join(".venv/bin/python"))
+        .arg(repo_root().join("tests/api_openapi_check.py"))
+        .arg(repo_root().join("openapi.yaml"))
+        .arg(&file)
+        .output()
+        .expect("run the OpenAPI check with .venv/bin/python (make venv)");
+    let _ = std::fs::remove_file(&file);
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+#[tokio::test]
+async fn responses_match_openapi() {
+    let port = image_server().await;
+    let mut config = ApiConfig::default();
+    config.url.allow_loopback_for_tests = true;
+    config.url.total_timeout = Duration::from_secs(2);
+    config.limits.body_read_timeout = Duration::from_millis(300);
+    config.limits.max_body_bytes = 64 * 1024 * 1024;
+    let app = static_app(config.clone());
+    let auth = basic(USER, PASS);
+    let p = "/api/v1/face/liveness";
+    let mut cases = Vec::new();
+    let mut add = |method, path, reply: Reply| cases.push(Case { method, path, reply });
+
+    add("POST", p, post(&app, body("ok", &dev_image_b64(LIVE_IMAGE))).await);
+    add("POST", p, post(&app, body("gate", &dev_image_b64("gate_face_not_found_001.png"))).await);
+    add("POST", p, post(&app, "{bad").await);
+    add("POST", p, post(&app, body("s", "%%%")).await);
+    add("POST", p, post(&app, body("s", "http://10.0.0.1/x.jpg")).await);
+    add("POST", p, post(&app, body("s", &format!("http://127.0.0.1:{port}/missing"))).await);
+    add("POST", p, post(&app, body("s", &format!("http://127.0.0.1:{port}/huge"))).await);
+    add("POST", p, call(&app, "POST", p, None, "{}").await);
+    add("POST", p, call(&app, "POST", p, Some("Basic Zm9vOmJhcg=="), "{}").await);
+    add("GET", p, call(&app, "GET", p, Some(&auth), "").await);
+    add("POST", "/nope", call(&app, "POST", "/nope", Some(&auth), "").await);
+
+    // 408: a body that never finishes arriving.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<hyper::body::Frame<Bytes>, Infallible>>(1);
+    tx.send(Ok(hyper::body::Frame::data(Bytes::from_static(b"{\"sessionId\":")))).await.unwrap();
+    let stalled = http_body_util::StreamBody::new(tokio_stream_from(rx));
+    let req = Request::builder().method("POST").uri(p).header("authorization", &auth).body(stalled).unwrap();
+    let res = app.handle(req).await;
+    drop(tx);
+    add("POST", p, Reply { status: res.status(), headers: res.headers().clone(), json: serde_json::from_str(res.body()).unwrap() });
+
+    // 503: Secrets Manager unreachable and nothing cached.
+    let dead = SecretsManagerSource::new(client_for(&format!("http://127.0.0.1:{}", free_port())), "x".into());
+    let app503 = App::new(pipeline(), &config, Arc::new(dead));
+    add("POST", p, call(&app503, "POST", p, Some(&auth), "{}").await);
+
+    let statuses: Vec<u16> = cases.iter().map(|c| c.reply.status.as_u16()).collect();
+    assert_eq!(statuses, [200, 200, 400, 400, 400, 422, 413, 401, 401, 405, 404, 408, 503]);
+    let json_cases: Vec<Value> = cases.iter().map(case_json).collect();
+    let (ok, text) = run_openapi_check(&json_cases);
+    assert!(ok, "responses do not match openapi.yaml:\n{text}");
+
+    // The check can fail: a wrong type, an undocumented code and a missing header are caught.
+    let mut broken = json_cases.clone();
+    broken[0]["body"]["score"] = json!("high");
+    broken[2]["body"]["error"] = json!("SOMETHING_ELSE");
+    broken[7]["headers"].as_object_mut().unwrap().remove("www-authenticate");
+    let (ok, text) = run_openapi_check(&broken);
+    assert!(!ok, "{text}");
+    for needle in ["case 0", "case 2", "case 7", "WWW-Authenticate"] {
+        assert!(text.contains(needle), "{needle} not reported:\n{text}");
+    }
+}
+
+/// A stream over an mpsc receiver (for a request body that stalls).
+fn tokio_stream_from<T: Send + 'static>(
+    rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures_util::Stream<Item = T> + Send {
+    futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) })
+}

@@ -173,6 +173,21 @@ impl App {
         response
     }
 
+    /// Handles an API Gateway (REST v1 or HTTP API v2) request converted by `lambda_http`.
+    ///
+    /// Routes on the event's own path: `lambda_http` prefixes the REST API stage (`/Prod/...`)
+    /// to the URI, while the event's `path`/`rawPath` is what the client requested.
+    pub async fn handle_lambda(&self, mut request: lambda_http::Request) -> Response<lambda_http::Body> {
+        use lambda_http::RequestExt;
+        let raw_path = request.raw_http_path().to_owned();
+        if !raw_path.is_empty() {
+            if let Ok(uri) = raw_path.parse::<hyper::Uri>() {
+                *request.uri_mut() = uri;
+            }
+        }
+        self.handle(request).await.map(lambda_http::Body::Text)
+    }
+
     async fn process<B>(&self, req: Request<B>) -> Handled
     where
         B: Body<Data = Bytes>,

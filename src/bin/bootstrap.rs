@@ -2,32 +2,42 @@
 //!
 //! Builds the shared state once per execution environment (pipeline with its models, service
 //! configuration, Secrets Manager credential cache primed at cold start) and serves API Gateway
-//! REST (v1) and HTTP API (v2) events through the same router as `liveness serve`.
+//! REST (v1) and HTTP API (v2) events through the same router as `liveness serve`. Missing or
+//! invalid configuration fails start-up.
 
 use std::convert::Infallible;
 use std::sync::Arc;
 
-use lambda_http::{service_fn, Body, Error, Request};
+use lambda_http::{service_fn, Error, Request};
 use liveness::api::{self, ApiConfig, App, Deployment};
 use liveness::config::PipelineConfig;
 use liveness::pipeline::Pipeline;
 
-#[tokio::main]
-async fn main() -> Result<(), Error> {
-    api::init_tracing(true);
+async fn start() -> Result<App, Error> {
     let config = ApiConfig::from_env()?;
     // Interim until the pipeline's own `PipelineConfig::from_env` lands on main.
     let pipeline_config = PipelineConfig {
-        model_dir: std::env::var_os("LIVENESS_MODEL_DIR")
-            .map_or_else(|| "models".into(), Into::into),
+        model_dir: std::env::var_os("LIVENESS_MODEL_DIR").map_or_else(|| "models".into(), Into::into),
         score_threshold: 0.5,
         max_pixels: 40_000_000,
     };
     let pipeline = Arc::new(Pipeline::load(pipeline_config)?);
-    let app = App::build(pipeline, &config, Deployment::Lambda).await?;
+    Ok(App::build(pipeline, &config, Deployment::Lambda).await?)
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    api::init_tracing(true);
+    let app = match start().await {
+        Ok(app) => app,
+        Err(e) => {
+            tracing::error!(error = %e, "start-up failed");
+            return Err(e);
+        }
+    };
     let app = &app;
     lambda_http::run(service_fn(move |request: Request| async move {
-        Ok::<_, Infallible>(app.handle(request).await.map(Body::Text))
+        Ok::<_, Infallible>(app.handle_lambda(request).await)
     }))
     .await
 }
