@@ -1,0 +1,3 @@
+//! The networks, one file each, built from safetensors through `VarBuilder`.
+
+pub mod retinaface;
