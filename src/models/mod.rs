@@ -1,3 +1,4 @@
-//! Network definitions, built from checkpoints with `candle_nn::VarBuilder`.
+//! The networks, one file each, built from safetensors through `VarBuilder`.
 
 pub mod minifasnet;
+pub mod retinaface;
