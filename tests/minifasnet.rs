@@ -14,6 +14,8 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::VarBuilder;
+use liveness::image_io::{decode_rgb, DecodeLimits};
+use liveness::imgproc::{antispoof_crop_box, bgr_tensor, resize_bilinear, Window};
 use liveness::models::minifasnet::{live_probability, MiniFasNet, Variant, INPUT_SIZE};
 use serde_json::Value;
 
@@ -78,7 +80,7 @@ fn image_from_fn(f: impl Fn(usize, usize, usize) -> f32) -> Tensor {
 
 /// Rebuilds a synthetic golden input from its `definition` in golden.json (channel 0 = B).
 fn synthetic(name: &str, definition: &str) -> Tensor {
-    let x = match name {
+    match name {
         // "every pixel B=G=R=128"
         "uniform_128" => image_from_fn(|_, _, _| 128.0),
         // "B = x*255//79, G = y*255//79, R = 100 (x = column, y = row, 0..79)"
@@ -92,9 +94,7 @@ fn synthetic(name: &str, definition: &str) -> Tensor {
             image_from_fn(|_, y, x| if (x / 8 + y / 8) % 2 == 1 { 255.0 } else { 0.0 })
         }
         _ => panic!("unknown synthetic input {name:?} ({definition}); teach the test to build it"),
-    };
-    eprintln!("synthetic {name}: {definition}");
-    x
+    }
 }
 
 /// Deterministic pseudo-random `(1, 3, 80, 80)` input, uniform in 0..255.
@@ -251,6 +251,137 @@ fn matches_pytorch_golden() {
     }
     // 3 synthetic inputs + 4 crops per model; fewer means the JSON changed under us.
     assert_eq!(checked, 14);
+}
+
+/// The source photo of a golden crop, upright, as RGB.
+///
+/// golden.json names the images but records neither their pixels nor their sizes:
+/// - `image_T1.jpg`, `image_F1.jpg`, `image_F2.jpg` are upstream's sample photos, also in
+///   `../shared/data/faces-dev` (found through `labels.csv`, column `path_in_source`). They are
+///   stored 640x480 with EXIF orientation 6; `cv2.imread` applies it, as `decode_rgb` does, so
+///   upstream saw 480x640 (W x H) images (the golden crop boxes reach x = 479, y = 623).
+/// - `astronaut.png` is `skimage.data.astronaut()`, which is not in `../shared`: `None`.
+fn source_photo(image: &str) -> Option<image::RgbImage> {
+    let dev = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/faces-dev");
+    let mut labels = csv::Reader::from_path(dev.join("labels.csv")).expect("labels.csv");
+    let headers = labels.headers().expect("labels.csv header").clone();
+    let column = |name: &str| headers.iter().position(|h| h == name).expect(name);
+    let (file, repo, path) = (
+        column("file"),
+        column("source_repo_or_package"),
+        column("path_in_source"),
+    );
+    for record in labels.records() {
+        let record = record.expect("labels.csv row");
+        if record[repo].contains("Silent-Face-Anti-Spoofing")
+            && Path::new(&record[path]).file_name() == Some(image.as_ref())
+        {
+            let bytes = std::fs::read(dev.join(&record[file])).expect("dev image");
+            return Some(decode_rgb(&bytes, DecodeLimits::default()).expect("decodable dev image"));
+        }
+    }
+    None
+}
+
+/// `(width, height)` of a golden crop's source image; see [`source_photo`].
+fn source_size(image: &str) -> (u32, u32) {
+    match source_photo(image) {
+        Some(photo) => photo.dimensions(),
+        // skimage.data.astronaut() is 512x512 RGB.
+        None if image == "astronaut.png" => (512, 512),
+        None => panic!("no source image size known for golden crop {image:?}"),
+    }
+}
+
+fn f32_array<const N: usize>(v: &Value) -> [f32; N] {
+    let values: Vec<f32> = v
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|x| x.as_f64().expect("number") as f32)
+        .collect();
+    values
+        .try_into()
+        .unwrap_or_else(|v: Vec<f32>| panic!("expected {N} numbers, got {v:?}"))
+}
+
+#[test]
+fn crop_boxes_match_upstream_rule() {
+    let golden = golden();
+    let mut checked = 0;
+    for (image, entry) in golden["crops"].as_object().expect("crops") {
+        let (w, h) = source_size(image);
+        let face = f32_array::<4>(&entry["bbox_xywh"]);
+        for variant in Variant::ALL {
+            let entry = &entry[golden_key(variant)];
+            let scale = entry["crop_scale"].as_f64().expect("crop_scale") as f32;
+            assert_eq!(scale, variant.crop_scale(), "{image} {variant:?}");
+            let want = f32_array::<4>(&entry["crop_box_ltrb_inclusive"]).map(|v| v as i32);
+            let got = antispoof_crop_box(w, h, face, scale);
+            assert_eq!(got, want, "{image} ({w}x{h}) face {face:?} at {scale}");
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 8);
+}
+
+/// The whole pre-processing chain on the sample photos that are in `../shared`: decode (EXIF
+/// applied) -> crop box -> OpenCV-style bilinear resize -> BGR tensor -> network.
+///
+/// Upstream decoded the JPEGs with OpenCV's libjpeg, we decode with the `image` crate; the two
+/// decoders' IDCT and chroma upsampling differ by a few levels per pixel, so the crops cannot be
+/// bit-identical. A wrong crop box, resize convention or channel order moves pixels by tens of
+/// levels on average; the bounds below allow decoder noise only.
+#[test]
+fn sample_photos_through_crop_and_resize() {
+    const MAX_PIXEL_DIFF: f32 = 4.0;
+    const MEAN_PIXEL_DIFF: f32 = 0.5;
+    // Decoder noise alone moves V1SE's p_live by up to ~0.04 on these photos.
+    const P_LIVE_DIFF: f32 = 0.1;
+    let golden = golden();
+    let models = Variant::ALL.map(load);
+    let mut checked = 0;
+    for (image, entry) in golden["crops"].as_object().expect("crops") {
+        let Some(photo) = source_photo(image) else {
+            continue;
+        };
+        let face = f32_array::<4>(&entry["bbox_xywh"]);
+        for model in &models {
+            let key = golden_key(model.variant());
+            let entry = &entry[key];
+            let scale = model.variant().crop_scale();
+            let [l, t, r, b] = antispoof_crop_box(photo.width(), photo.height(), face, scale);
+            let window = Window {
+                x: l as u32,
+                y: t as u32,
+                w: (r - l + 1) as u32,
+                h: (b - t + 1) as u32,
+            };
+            let size = INPUT_SIZE as u32;
+            let rgb = resize_bilinear(&photo, window, size, size);
+            let x = bgr_tensor(&rgb, INPUT_SIZE, INPUT_SIZE, [0.0; 3]).unwrap();
+            let png = crop_png(entry["crop_png"].as_str().expect("crop_png"));
+            let diff = (&x - &png).unwrap().abs().unwrap().flatten_all().unwrap();
+            let max_diff = diff.max(0).unwrap().to_scalar::<f32>().unwrap();
+            let mean_diff = diff.mean(0).unwrap().to_scalar::<f32>().unwrap();
+            let p_live = live_probability(&model.forward(&x).unwrap()).unwrap()[0];
+            let want = entry["softmax"][1].as_f64().expect("softmax") as f32;
+            eprintln!(
+                "{image} {key}: pixel diff max {max_diff} mean {mean_diff:.3}; p_live {p_live:.4} (PyTorch on OpenCV crop {want:.4})"
+            );
+            assert!(
+                max_diff <= MAX_PIXEL_DIFF && mean_diff <= MEAN_PIXEL_DIFF,
+                "{image} {key}: crop differs from upstream's (max {max_diff}, mean {mean_diff})"
+            );
+            assert!(
+                (p_live - want).abs() <= P_LIVE_DIFF,
+                "{image} {key}: p_live {p_live} vs {want}"
+            );
+            checked += 1;
+        }
+    }
+    // image_T1, image_F1, image_F2 x 2 models.
+    assert_eq!(checked, 6);
 }
 
 #[test]

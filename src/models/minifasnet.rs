@@ -38,7 +38,7 @@ impl Variant {
     pub const ALL: [Variant; 2] = [Variant::V2, Variant::V1Se];
 
     /// How many times the face box the crop fed to this network spans (before clamping to the
-    /// image, see `imgproc::antispoof_crop_box`).
+    /// image, see [`crate::imgproc::antispoof_crop_box`]).
     pub fn crop_scale(self) -> f32 {
         match self {
             Variant::V2 => 2.7,
@@ -52,29 +52,54 @@ impl Variant {
     }
 }
 
-/// `Conv_block` (conv + BN + PReLU) or `Linear_block` (conv + BN) from `vb`, BN folded.
-///
-/// `depthwise` makes the conv grouped with one input channel per group; the kernel size comes
-/// from the checkpoint.
+/// How the input channels of a conv are grouped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Groups {
+    /// One group: every output sees every input channel.
+    Dense,
+    /// One input channel per group (`groups = channels`).
+    Depthwise,
+}
+
+/// Upstream's `Conv_block`: conv (no bias) + BatchNorm + PReLU, BN folded.
+fn conv_block(
+    vb: &VarBuilder,
+    stride: usize,
+    padding: usize,
+    groups: Groups,
+) -> Result<FusedConv2d> {
+    conv_bn(vb, stride, padding, groups, true)
+}
+
+/// Upstream's `Linear_block`: conv (no bias) + BatchNorm, BN folded.
+fn linear_block(
+    vb: &VarBuilder,
+    stride: usize,
+    padding: usize,
+    groups: Groups,
+) -> Result<FusedConv2d> {
+    conv_bn(vb, stride, padding, groups, false)
+}
+
+/// `vb.conv` + `vb.bn` (+ `vb.prelu`), with the kernel size and channel counts from the weights.
 fn conv_bn(
     vb: &VarBuilder,
     stride: usize,
     padding: usize,
-    depthwise: bool,
+    groups: Groups,
     prelu: bool,
 ) -> Result<FusedConv2d> {
     let weight = vb.pp("conv").get_unchecked("weight")?;
     let (out_channels, in_per_group, _, _) = weight.dims4()?;
-    let groups = if depthwise {
-        if in_per_group != 1 {
+    let groups = match groups {
+        Groups::Dense => 1,
+        Groups::Depthwise if in_per_group == 1 => out_channels,
+        Groups::Depthwise => {
             candle_core::bail!(
                 "{}: depthwise conv with {in_per_group} inputs per group",
                 vb.prefix()
-            );
+            )
         }
-        out_channels
-    } else {
-        1
     };
     let bn = vb.pp("bn");
     let gamma = bn.get(out_channels, "weight")?;
@@ -163,9 +188,9 @@ impl DepthWise {
             None
         };
         Ok(Self {
-            conv: conv_bn(&vb.pp("conv"), 1, 0, false, true)?,
-            conv_dw: conv_bn(&vb.pp("conv_dw"), stride, 1, true, true)?,
-            project: conv_bn(&vb.pp("project"), 1, 0, false, false)?,
+            conv: conv_block(&vb.pp("conv"), 1, 0, Groups::Dense)?,
+            conv_dw: conv_block(&vb.pp("conv_dw"), stride, 1, Groups::Depthwise)?,
+            project: linear_block(&vb.pp("project"), 1, 0, Groups::Dense)?,
             se_module,
             residual,
         })
@@ -222,19 +247,21 @@ impl MiniFasNet {
     /// Fails if a tensor is missing or mis-shaped, or if the checkpoint's squeeze-excitation
     /// modules do not match `variant`.
     pub fn new(vb: VarBuilder, variant: Variant) -> Result<Self> {
-        let conv1 = conv_bn(&vb.pp("conv1"), 2, 1, false, true)?;
-        let conv2_dw = conv_bn(&vb.pp("conv2_dw"), 1, 1, true, true)?;
+        let conv1 = conv_block(&vb.pp("conv1"), 2, 1, Groups::Dense)?;
+        let conv2_dw = conv_block(&vb.pp("conv2_dw"), 1, 1, Groups::Depthwise)?;
         let mut blocks = Vec::new();
         for (name, residual) in STAGES {
             let stage = vb.pp(name);
             if residual {
                 let stage = stage.pp("model");
-                let start = blocks.len();
-                while stage.contains_tensor(&format!("{}.conv.conv.weight", blocks.len() - start)) {
-                    blocks.push(DepthWise::new(stage.pp(blocks.len() - start), true)?);
-                }
-                if blocks.len() == start {
+                let count = (0..)
+                    .take_while(|i| stage.contains_tensor(&format!("{i}.conv.conv.weight")))
+                    .count();
+                if count == 0 {
                     candle_core::bail!("residual stage {name} has no blocks");
+                }
+                for i in 0..count {
+                    blocks.push(DepthWise::new(stage.pp(i), true)?);
                 }
             } else {
                 blocks.push(DepthWise::new(stage, false)?);
@@ -252,8 +279,8 @@ impl MiniFasNet {
                 }
             );
         }
-        let conv_6_sep = conv_bn(&vb.pp("conv_6_sep"), 1, 0, false, true)?;
-        let conv_6_dw = conv_bn(&vb.pp("conv_6_dw"), 1, 0, true, false)?;
+        let conv_6_sep = conv_block(&vb.pp("conv_6_sep"), 1, 0, Groups::Dense)?;
+        let conv_6_dw = linear_block(&vb.pp("conv_6_dw"), 1, 0, Groups::Depthwise)?;
 
         // linear (no bias) followed by BatchNorm1d: y = (W x - mean) * g / sqrt(var + eps) + b.
         let weight = vb.pp("linear").get_unchecked("weight")?;
