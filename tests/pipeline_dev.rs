@@ -22,7 +22,11 @@ fn dev_set_accuracy_meets_the_bar() {
     let pipeline = Pipeline::load(config).expect("models (run `make models`)");
     let dir = root().join("../shared/data/faces-dev");
     let labels = read_labels(&dir).unwrap();
-    assert!(labels.len() >= 100, "dev set incomplete: {} rows", labels.len());
+    assert!(
+        labels.len() >= 100,
+        "dev set incomplete: {} rows",
+        labels.len()
+    );
     let per_file: Vec<FileResult> = labels
         .into_iter()
         .map(|row| {
@@ -47,13 +51,23 @@ fn dev_set_accuracy_meets_the_bar() {
     let report = summarize(per_file, 0.5);
     eprintln!(
         "APCER {:.3} BPCER {:.3} ACER {:.3} AUC {:.3} EER {:.3}; gate {}/{}",
-        report.apcer, report.bpcer, report.acer, report.auc, report.eer, report.gate_correct, report.gate_total
+        report.apcer,
+        report.bpcer,
+        report.acer,
+        report.auc,
+        report.eer,
+        report.gate_correct,
+        report.gate_total
     );
     assert!(report.acer <= 0.12, "ACER {:.3}", report.acer);
     assert!(report.auc >= 0.93, "AUC {:.3}", report.auc);
     // Detector-level gate codes are exact on the dev set.
     for code in ["FACE_NOT_FOUND", "TOO_MANY_FACES"] {
         let produced = &report.confusion[code];
-        assert_eq!(produced.get(code).copied().unwrap_or(0), produced.values().sum::<usize>(), "{code}: {produced:?}");
+        assert_eq!(
+            produced.get(code).copied().unwrap_or(0),
+            produced.values().sum::<usize>(),
+            "{code}: {produced:?}"
+        );
     }
 }
