@@ -27,12 +27,19 @@ venv: $(VENV)/.stamp
 include $(wildcard mk/*.mk)
 
 # Every weight file the service needs; each rule lives in mk/models-*.mk.
-models: $(MODEL_FILES)
+models: system-deps $(MODEL_FILES)
 
-build:
+build: system-deps
 	$(CARGO) build --release --locked
 
-test: models venv
+# System packages the build needs (candle-onnx compiles ONNX protobufs with protoc).
+system-deps:
+	@command -v protoc >/dev/null || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq protobuf-compiler; }
+.PHONY: system-deps
+
+test: system-deps models venv
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --release --locked --all-targets -- -D warnings
 	$(CARGO) test --release --locked

@@ -5,6 +5,9 @@
 
 pub mod api;
 pub mod config;
+pub mod detector;
+pub mod eval;
+pub mod gate;
 pub mod image_io;
 pub mod imgproc;
 pub mod models;

@@ -1,37 +1,20 @@
 //! The liveness pipeline: decode -> detect -> quality gate -> score.
 
+use std::time::Instant;
+
+use candle_core::{DType, Device, Module};
+use candle_nn::VarBuilder;
+use image::RgbImage;
+
 use crate::config::PipelineConfig;
-use crate::image_io::DecodeError;
+use crate::detector::FaceDetector;
+use crate::gate::{select_face, Rejection};
+use crate::image_io::{decode_rgb, DecodeError};
+use crate::imgproc::{antispoof_crop_box, bgr_tensor, resize_bilinear, Window};
+use crate::models::minifasnet::{live_probability, MiniFasNet, Variant, INPUT_SIZE};
+use crate::models::retinaface::Detection;
 
-/// A reason the quality gate refuses to score a photo. `code()` is the API error code.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum GateCode {
-    FaceNotFound,
-    TooManyFaces,
-    FaceCropped,
-    FaceCloseToBorder,
-    FaceTooSmall,
-    FaceTooClose,
-    FaceAngleTooLarge,
-    FaceIsOccluded,
-}
-
-impl GateCode {
-    /// The API error code, e.g. `FACE_NOT_FOUND`.
-    pub fn code(self) -> &'static str {
-        match self {
-            GateCode::FaceNotFound => "FACE_NOT_FOUND",
-            GateCode::TooManyFaces => "TOO_MANY_FACES",
-            GateCode::FaceCropped => "FACE_CROPPED",
-            GateCode::FaceCloseToBorder => "FACE_CLOSE_TO_BORDER",
-            GateCode::FaceTooSmall => "FACE_TOO_SMALL",
-            GateCode::FaceTooClose => "FACE_TOO_CLOSE",
-            GateCode::FaceAngleTooLarge => "FACE_ANGLE_TOO_LARGE",
-            GateCode::FaceIsOccluded => "FACE_IS_OCCLUDED",
-        }
-    }
-}
+pub use crate::gate::GateCode;
 
 /// What the pipeline concluded about one photo.
 #[derive(Debug, Clone, PartialEq)]
@@ -53,11 +36,47 @@ pub struct StageTimings {
     pub total_ms: f64,
 }
 
+/// Details for verbose output and evaluation; never contains pixels.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Diagnostics {
+    pub image_width: u32,
+    pub image_height: u32,
+    /// Every face the detector returned, best score first, in image pixels.
+    pub faces: Vec<FaceSummary>,
+    /// The face that was (or would have been) scored.
+    pub selected: Option<FaceSummary>,
+    /// Live probability of MiniFASNetV2 (2.7x crop) and MiniFASNetV1SE (4.0x crop).
+    pub model_live_probabilities: Vec<f32>,
+    /// Inclusive crop rectangles `[l, t, r, b]` fed to the two models.
+    pub crops: Vec<[i32; 4]>,
+    /// The gate's sub-cause when it rejected the photo.
+    pub gate_detail: Option<String>,
+}
+
+/// A detection in serialisable form.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct FaceSummary {
+    pub score: f32,
+    pub bbox: [f32; 4],
+    pub landmarks: [[f32; 2]; 5],
+}
+
+impl From<&Detection> for FaceSummary {
+    fn from(d: &Detection) -> Self {
+        Self {
+            score: d.score,
+            bbox: d.bbox,
+            landmarks: d.landmarks,
+        }
+    }
+}
+
 /// The full result for one photo.
 #[derive(Debug, Clone)]
 pub struct Assessment {
     pub outcome: Outcome,
     pub timings: StageTimings,
+    pub diagnostics: Diagnostics,
 }
 
 /// Failures that are not a verdict about the face.
@@ -71,15 +90,55 @@ pub enum PipelineError {
     ModelLoad(String),
 }
 
-/// Loaded networks and configuration; build once, share by reference.
+struct AntiSpoofModel {
+    net: MiniFasNet,
+    variant: Variant,
+}
+
+/// Loaded networks and configuration; build once, share by reference (`Send + Sync`).
 pub struct Pipeline {
     config: PipelineConfig,
+    detector: FaceDetector,
+    anti_spoof: Vec<AntiSpoofModel>,
+}
+
+/// File names of the weights inside the model directory.
+pub const RETINAFACE_FILE: &str = "retinaface_mnet025.safetensors";
+/// MiniFASNet weight files, in `Variant::ALL` order.
+pub const MINIFASNET_FILES: [&str; 2] = [
+    "minifasnet_v2_2.7_80x80.safetensors",
+    "minifasnet_v1se_4.0_80x80.safetensors",
+];
+
+fn ms_since(start: Instant) -> f64 {
+    start.elapsed().as_secs_f64() * 1e3
 }
 
 impl Pipeline {
-    /// Loads every network from `config.model_dir`.
+    /// Loads every network from `config.model_dir` and applies `config.threads`.
     pub fn load(config: PipelineConfig) -> Result<Self, PipelineError> {
-        Ok(Self { config })
+        crate::nn::set_num_threads(config.threads);
+        let dir = &config.model_dir;
+        let load_error = |file: &str, e: candle_core::Error| {
+            PipelineError::ModelLoad(format!("{}: {e}", dir.join(file).display()))
+        };
+        let detector = FaceDetector::load(&dir.join(RETINAFACE_FILE))
+            .map_err(|e| load_error(RETINAFACE_FILE, e))?;
+        let mut anti_spoof = Vec::new();
+        for (variant, file) in Variant::ALL.into_iter().zip(MINIFASNET_FILES) {
+            let path = dir.join(file);
+            // SAFETY: weight files are not modified while the process runs.
+            let vb =
+                unsafe { VarBuilder::from_mmaped_safetensors(&[&path], DType::F32, &Device::Cpu) }
+                    .map_err(|e| load_error(file, e))?;
+            let net = MiniFasNet::new(vb, variant).map_err(|e| load_error(file, e))?;
+            anti_spoof.push(AntiSpoofModel { net, variant });
+        }
+        Ok(Self {
+            config,
+            detector,
+            anti_spoof,
+        })
     }
 
     /// The configuration the pipeline was built with.
@@ -89,7 +148,108 @@ impl Pipeline {
 
     /// Decodes `bytes` under the configured limits and assesses the photo.
     pub fn assess_encoded(&self, bytes: &[u8]) -> Result<Assessment, PipelineError> {
-        let _ = bytes;
-        todo!("core pipeline lands with issue 2")
+        let start = Instant::now();
+        let image = decode_rgb(bytes, self.config.decode_limits())?;
+        let decode_ms = ms_since(start);
+        let mut assessment = self.assess_image(&image)?;
+        assessment.timings.decode_ms = decode_ms;
+        assessment.timings.total_ms = ms_since(start);
+        Ok(assessment)
+    }
+
+    /// Assesses an already decoded, upright RGB photo.
+    pub fn assess_image(&self, image: &RgbImage) -> Result<Assessment, PipelineError> {
+        let start = Instant::now();
+        let mut timings = StageTimings::default();
+        let mut diagnostics = Diagnostics {
+            image_width: image.width(),
+            image_height: image.height(),
+            ..Default::default()
+        };
+
+        let t = Instant::now();
+        let faces = self.detect(image)?;
+        timings.detect_ms = ms_since(t);
+        diagnostics.faces = faces.iter().map(FaceSummary::from).collect();
+
+        let t = Instant::now();
+        let gate = select_face(&faces, &self.config.gate);
+        timings.gate_ms = ms_since(t);
+        let face = match gate {
+            Ok(face) => face,
+            Err(Rejection { code, detail }) => {
+                diagnostics.gate_detail = Some(detail);
+                timings.total_ms = ms_since(start);
+                return Ok(Assessment {
+                    outcome: Outcome::Rejected(code),
+                    timings,
+                    diagnostics,
+                });
+            }
+        };
+        diagnostics.selected = Some(face.into());
+
+        let score = self.score_face(image, face, &mut timings, &mut diagnostics)?;
+        timings.total_ms = ms_since(start);
+        Ok(Assessment {
+            outcome: Outcome::Scored { score },
+            timings,
+            diagnostics,
+        })
+    }
+
+    /// Runs the detector at the configured size, and once more at the retry size when the first
+    /// pass finds no face (small faces in large photos).
+    fn detect(&self, image: &RgbImage) -> Result<Vec<Detection>, PipelineError> {
+        let threshold = self.config.gate.face_min_score;
+        let faces = self
+            .detector
+            .detect(image, self.config.detector_long_side, threshold)?;
+        let long_side = image.width().max(image.height());
+        let retry = self.config.detector_retry_long_side;
+        if faces.is_empty()
+            && retry > self.config.detector_long_side
+            && long_side > self.config.detector_long_side
+        {
+            return Ok(self.detector.detect(image, retry, threshold)?);
+        }
+        Ok(faces)
+    }
+
+    /// Mean live probability of the MiniFASNet pair on their crops around `face`.
+    fn score_face(
+        &self,
+        image: &RgbImage,
+        face: &Detection,
+        timings: &mut StageTimings,
+        diagnostics: &mut Diagnostics,
+    ) -> Result<f32, PipelineError> {
+        let (w, h) = image.dimensions();
+        let [x1, y1, x2, y2] = face.bbox;
+        let face_xywh = [x1, y1, x2 - x1, y2 - y1];
+        let mut sum = 0.0;
+        for model in &self.anti_spoof {
+            let t = Instant::now();
+            let [l, t_, r, b] = antispoof_crop_box(w, h, face_xywh, model.variant.crop_scale());
+            diagnostics.crops.push([l, t_, r, b]);
+            let clamp = |v: i32, max: u32| v.clamp(0, max as i32 - 1) as u32;
+            let (l, t_, r, b) = (clamp(l, w), clamp(t_, h), clamp(r, w), clamp(b, h));
+            let window = Window {
+                x: l,
+                y: t_,
+                w: r - l + 1,
+                h: b - t_ + 1,
+            };
+            let size = INPUT_SIZE as u32;
+            let crop = resize_bilinear(image, window, size, size);
+            let input = bgr_tensor(&crop, INPUT_SIZE, INPUT_SIZE, [0.0; 3])?;
+            timings.crop_ms += ms_since(t);
+            let t = Instant::now();
+            let p_live = live_probability(&model.net.forward(&input)?)?[0];
+            timings.classify_ms += ms_since(t);
+            diagnostics.model_live_probabilities.push(p_live);
+            sum += p_live;
+        }
+        Ok(sum / self.anti_spoof.len() as f32)
     }
 }

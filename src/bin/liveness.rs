@@ -1,1 +1,249 @@
-fn main() {}
+//! `liveness`: check photos, evaluate on a labelled set, benchmark, or serve the API locally.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use liveness::config::PipelineConfig;
+use liveness::eval::{read_labels, summarize, FileResult, Report};
+use liveness::pipeline::{Assessment, Outcome, Pipeline, PipelineError};
+use serde_json::json;
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Passive face liveness: one photo in, a liveness score out"
+)]
+struct Cli {
+    /// Kernel threads (overrides LIVENESS_THREADS).
+    #[arg(long, global = true)]
+    threads: Option<usize>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Score photos; prints one JSON line per image in the API response shape.
+    Check {
+        images: Vec<PathBuf>,
+        /// Also print face box, landmarks, per-model probabilities and stage timings.
+        #[arg(long)]
+        verbose: bool,
+    },
+    /// Evaluate on DIR/labels.csv (live | spoof | gate rows).
+    Eval {
+        dir: PathBuf,
+        /// Write the full JSON report here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Decision threshold (overrides LIVENESS_SCORE_THRESHOLD).
+        #[arg(long)]
+        threshold: Option<f32>,
+    },
+    /// Time decode, detect, crop, classify and total on 640x480 and 1920x1080 JPEGs.
+    Bench {
+        /// Source photo (re-encoded at both sizes).
+        #[arg(long, default_value = "../shared/data/faces-dev/live_siwm_001.jpg")]
+        image: PathBuf,
+        /// Timed iterations per configuration.
+        #[arg(long, default_value_t = 50)]
+        iterations: usize,
+    },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let mut config = PipelineConfig::from_env()?;
+    if let Some(threads) = cli.threads {
+        config.threads = threads;
+    }
+    match cli.command {
+        Command::Check { images, verbose } => check(config, &images, verbose),
+        Command::Eval {
+            dir,
+            json,
+            threshold,
+        } => {
+            if let Some(t) = threshold {
+                config.score_threshold = t;
+            }
+            eval(config, &dir, json.as_deref())
+        }
+        Command::Bench { image, iterations } => bench(config, &image, iterations),
+    }
+}
+
+/// The API's response body for an assessment.
+fn response(session_id: &str, result: &Result<Assessment, PipelineError>) -> serde_json::Value {
+    match result {
+        Ok(a) => match &a.outcome {
+            Outcome::Scored { score } => {
+                json!({"sessionId": session_id, "score": score, "hasError": false})
+            }
+            Outcome::Rejected(code) => {
+                json!({"sessionId": session_id, "hasError": true, "error": code.code()})
+            }
+        },
+        Err(e) => json!({"sessionId": session_id, "hasError": true, "error": error_code(e)}),
+    }
+}
+
+fn error_code(e: &PipelineError) -> &'static str {
+    match e {
+        PipelineError::Decode(liveness::image_io::DecodeError::TooLarge) => "IMAGE_TOO_LARGE",
+        PipelineError::Decode(_) => "INVALID_IMAGE",
+        _ => "INTERNAL_ERROR",
+    }
+}
+
+fn check(config: PipelineConfig, images: &[PathBuf], verbose: bool) -> Result<()> {
+    let pipeline = Pipeline::load(config)?;
+    for path in images {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let result = std::fs::read(path)
+            .with_context(|| format!("reading {}", path.display()))
+            .map(|bytes| pipeline.assess_encoded(&bytes))?;
+        let mut line = response(&name, &result);
+        if verbose {
+            if let Ok(a) = &result {
+                line["diagnostics"] = serde_json::to_value(&a.diagnostics)?;
+                line["timings"] = serde_json::to_value(&a.timings)?;
+            }
+        }
+        println!("{line}");
+    }
+    Ok(())
+}
+
+fn eval(config: PipelineConfig, dir: &Path, json_out: Option<&Path>) -> Result<()> {
+    let threshold = config.score_threshold;
+    let pipeline = Pipeline::load(config)?;
+    let labels = read_labels(dir)?;
+    let progress = if std::io::stderr().is_terminal() {
+        indicatif::ProgressBar::new(labels.len() as u64)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let mut per_file = Vec::with_capacity(labels.len());
+    for row in labels {
+        let bytes =
+            std::fs::read(dir.join(&row.file)).with_context(|| format!("reading {}", row.file))?;
+        let (score, error) = match pipeline.assess_encoded(&bytes) {
+            Ok(a) => match a.outcome {
+                Outcome::Scored { score } => (Some(score), None),
+                Outcome::Rejected(code) => (None, Some(code.code().to_string())),
+            },
+            Err(e) => (None, Some(error_code(&e).to_string())),
+        };
+        per_file.push(FileResult {
+            file: row.file,
+            label: row.label,
+            expected_error: row.expected_error,
+            score,
+            error,
+        });
+        progress.inc(1);
+    }
+    progress.finish_and_clear();
+    let report = summarize(per_file, threshold);
+    print_report(&report);
+    if let Some(path) = json_out {
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
+        println!("report written to {}", path.display());
+    }
+    Ok(())
+}
+
+fn print_report(r: &Report) {
+    println!(
+        "{:<42} {:<6} {:>7}  error / expected",
+        "file", "label", "score"
+    );
+    for f in &r.per_file {
+        let score = f
+            .score
+            .map(|s| format!("{s:.4}"))
+            .unwrap_or_else(|| "-".into());
+        let error = f.error.as_deref().unwrap_or("");
+        let expected = if f.expected_error.is_empty() {
+            String::new()
+        } else {
+            format!(" (expected {})", f.expected_error)
+        };
+        println!(
+            "{:<42} {:<6} {:>7}  {error}{expected}",
+            f.file, f.label, score
+        );
+    }
+    println!();
+    println!("expected \\ produced:");
+    for (expected, produced) in &r.confusion {
+        let cells: Vec<String> = produced.iter().map(|(p, n)| format!("{p}={n}")).collect();
+        println!("  {expected:<22} {}", cells.join("  "));
+    }
+    println!();
+    println!(
+        "threshold {:.2}: live {} spoof {} gate {} | APCER {:.1}%  BPCER {:.1}%  ACER {:.1}% | EER {:.1}% at {:.3} | AUC {:.3}",
+        r.threshold, r.n_live, r.n_spoof, r.n_gate, r.apcer * 100.0, r.bpcer * 100.0, r.acer * 100.0, r.eer * 100.0, r.eer_threshold, r.auc
+    );
+    println!(
+        "gate: {}/{} gate images got their expected code; live gated {}, spoof gated {}",
+        r.gate_correct, r.gate_total, r.live_gated, r.spoof_gated
+    );
+}
+
+fn bench(config: PipelineConfig, image: &Path, iterations: usize) -> Result<()> {
+    let load_start = Instant::now();
+    let threads = config.threads;
+    let pipeline = Pipeline::load(config)?;
+    let source = liveness::image_io::decode_rgb(&std::fs::read(image)?, Default::default())?;
+    let first = pipeline.assess_image(&source)?;
+    println!(
+        "cold start (load weights + first inference on {}x{}): {:.1} ms",
+        source.width(),
+        source.height(),
+        load_start.elapsed().as_secs_f64() * 1e3 - first.timings.decode_ms
+    );
+    println!("threads: {threads}; median (min-max) ms over {iterations} iterations");
+    println!(
+        "{:<10} {:>16} {:>16} {:>16} {:>16} {:>16}",
+        "image", "decode", "detect", "crop", "classify", "total"
+    );
+    for (w, h) in [(640u32, 480u32), (1920, 1080)] {
+        let resized = image::imageops::resize(&source, w, h, image::imageops::FilterType::Triangle);
+        let mut jpeg = Vec::new();
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 90).encode_image(&resized)?;
+        let mut samples: Vec<[f64; 5]> = Vec::with_capacity(iterations);
+        for _ in 0..iterations {
+            let t = pipeline.assess_encoded(&jpeg)?.timings;
+            samples.push([
+                t.decode_ms,
+                t.detect_ms,
+                t.crop_ms,
+                t.classify_ms,
+                t.total_ms,
+            ]);
+        }
+        let stat = |i: usize| {
+            let mut v: Vec<f64> = samples.iter().map(|s| s[i]).collect();
+            v.sort_by(f64::total_cmp);
+            format!("{:.2} ({:.2}-{:.2})", v[v.len() / 2], v[0], v[v.len() - 1])
+        };
+        println!(
+            "{:<10} {:>16} {:>16} {:>16} {:>16} {:>16}",
+            format!("{w}x{h}"),
+            stat(0),
+            stat(1),
+            stat(2),
+            stat(3),
+            stat(4)
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,4 @@
+//! The networks, one file each, built from safetensors through `VarBuilder`.
+
+pub mod minifasnet;
+pub mod retinaface;

@@ -1,0 +1,73 @@
+//! End-to-end accuracy on the labelled development set in `../shared/data/faces-dev`.
+//!
+//! Bar from the issue: at threshold 0.5, ACER <= 12% and AUC >= 0.93 (the onnxruntime reference
+//! pipeline with RetinaFace boxes gets ACER 10.4%, AUC 0.940 — ../shared/reference/boxmap_dev.csv).
+
+use std::path::PathBuf;
+
+use liveness::config::PipelineConfig;
+use liveness::eval::{read_labels, summarize, FileResult};
+use liveness::pipeline::{Outcome, Pipeline};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn dev_set_accuracy_meets_the_bar() {
+    let config = PipelineConfig {
+        model_dir: root().join("models"),
+        ..PipelineConfig::default()
+    };
+    let pipeline = Pipeline::load(config).expect("models (run `make models`)");
+    let dir = root().join("../shared/data/faces-dev");
+    let labels = read_labels(&dir).unwrap();
+    assert!(
+        labels.len() >= 100,
+        "dev set incomplete: {} rows",
+        labels.len()
+    );
+    let per_file: Vec<FileResult> = labels
+        .into_iter()
+        .map(|row| {
+            let bytes = std::fs::read(dir.join(&row.file)).unwrap();
+            let a = pipeline.assess_encoded(&bytes).unwrap();
+            let (score, error) = match a.outcome {
+                Outcome::Scored { score } => {
+                    assert!((0.0..=1.0).contains(&score), "{}: score {score}", row.file);
+                    (Some(score), None)
+                }
+                Outcome::Rejected(code) => (None, Some(code.code().to_string())),
+            };
+            FileResult {
+                file: row.file,
+                label: row.label,
+                expected_error: row.expected_error,
+                score,
+                error,
+            }
+        })
+        .collect();
+    let report = summarize(per_file, 0.5);
+    eprintln!(
+        "APCER {:.3} BPCER {:.3} ACER {:.3} AUC {:.3} EER {:.3}; gate {}/{}",
+        report.apcer,
+        report.bpcer,
+        report.acer,
+        report.auc,
+        report.eer,
+        report.gate_correct,
+        report.gate_total
+    );
+    assert!(report.acer <= 0.12, "ACER {:.3}", report.acer);
+    assert!(report.auc >= 0.93, "AUC {:.3}", report.auc);
+    // Detector-level gate codes are exact on the dev set.
+    for code in ["FACE_NOT_FOUND", "TOO_MANY_FACES"] {
+        let produced = &report.confusion[code];
+        assert_eq!(
+            produced.get(code).copied().unwrap_or(0),
+            produced.values().sum::<usize>(),
+            "{code}: {produced:?}"
+        );
+    }
+}
