@@ -50,29 +50,52 @@ fn response_json(response: &Value) -> Value {
     serde_json::from_str(response["body"].as_str().expect("body")).expect("JSON body")
 }
 
+/// A response header from `headers` (v2) or `multiValueHeaders` (v1, where lambda_http puts them).
 fn header<'a>(response: &'a Value, name: &str) -> Option<&'a str> {
-    response["headers"].as_object()?.iter().find(|(k, _)| k.eq_ignore_ascii_case(name))?.1.as_str()
+    let find = |field: &str| {
+        response[field]
+            .as_object()?
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
+    };
+    match find("headers") {
+        Some(v) => v.as_str(),
+        None => find("multiValueHeaders")?.get(0)?.as_str(),
+    }
 }
 
 // ---------------------------------------------------------------- in-process through lambda_http
 
 #[tokio::test]
 async fn fixtures_convert_and_route_in_process() {
-    let app = App::new(pipeline(), &ApiConfig::default(), Arc::new(StaticSource::new(USER, PASS)));
+    let app = App::new(
+        pipeline(),
+        &ApiConfig::default(),
+        Arc::new(StaticSource::new(USER, PASS)),
+    );
     let auth = basic(USER, PASS);
     let gate = body("fx", &dev_image_b64("gate_face_not_found_001.png"));
     for event in [v1_event(&auth, &gate), v2_event(&auth, &gate)] {
-        let request = lambda_http::request::from_str(&event.to_string()).expect("fixture is a valid event");
+        let request =
+            lambda_http::request::from_str(&event.to_string()).expect("fixture is a valid event");
         let response = app.handle_lambda(request).await;
         assert_eq!(response.status(), 200);
-        let lambda_http::Body::Text(text) = response.body() else { panic!("text body expected") };
+        let lambda_http::Body::Text(text) = response.body() else {
+            panic!("text body expected")
+        };
         let json: Value = serde_json::from_str(text).unwrap();
-        assert_eq!(json, json!({"sessionId": "fx", "hasError": true, "error": "FACE_NOT_FOUND"}));
+        assert_eq!(
+            json,
+            json!({"sessionId": "fx", "hasError": true, "error": "FACE_NOT_FOUND"})
+        );
     }
     // The REST stage prefix added by lambda_http does not hide the route; other paths are 404.
     let mut other = v1_event(&auth, &gate);
     other["path"] = json!("/api/v1/face/other");
-    let response = app.handle_lambda(lambda_http::request::from_str(&other.to_string()).unwrap()).await;
+    let response = app
+        .handle_lambda(lambda_http::request::from_str(&other.to_string()).unwrap())
+        .await;
     assert_eq!(response.status(), 404);
 }
 
@@ -97,7 +120,9 @@ impl RuntimeApi {
         let w = waiting.clone();
         tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { return };
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
                 let (queue, waiting) = (queue.clone(), w.clone());
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
@@ -110,17 +135,27 @@ impl RuntimeApi {
                 });
             }
         });
-        Self { addr, events: tx, waiting }
+        Self {
+            addr,
+            events: tx,
+            waiting,
+        }
     }
 
     /// Queues `event` and waits for the function's response.
     async fn invoke(&self, event: Value) -> Value {
         static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let id = format!("req-{}", N.fetch_add(1, std::sync::atomic::Ordering::SeqCst));
+        let id = format!(
+            "req-{}",
+            N.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+        );
         let (tx, rx) = oneshot::channel();
         self.waiting.lock().unwrap().insert(id.clone(), tx);
         self.events.send((id, event)).unwrap();
-        tokio::time::timeout(Duration::from_secs(120), rx).await.expect("function answered in time").unwrap()
+        tokio::time::timeout(Duration::from_secs(120), rx)
+            .await
+            .expect("function answered in time")
+            .unwrap()
     }
 }
 
@@ -132,20 +167,41 @@ async fn runtime_route(
     let path = req.uri().path().to_owned();
     if path == "/2018-06-01/runtime/invocation/next" {
         let Some((id, event)) = queue.lock().await.recv().await else {
-            return Response::builder().status(500).body(Full::default()).unwrap();
+            return Response::builder()
+                .status(500)
+                .body(Full::default())
+                .unwrap();
         };
-        let deadline = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() + 120_000;
+        let deadline = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis()
+            + 120_000;
         return Response::builder()
             .header("lambda-runtime-aws-request-id", id)
             .header("lambda-runtime-deadline-ms", deadline.to_string())
-            .header("lambda-runtime-invoked-function-arn", "arn:aws:lambda:us-east-1:123456789012:function:liveness")
-            .header("lambda-runtime-trace-id", "Root=1-6745a1b2-0123456789abcdef01234567;Sampled=0")
+            .header(
+                "lambda-runtime-invoked-function-arn",
+                "arn:aws:lambda:us-east-1:123456789012:function:liveness",
+            )
+            .header(
+                "lambda-runtime-trace-id",
+                "Root=1-6745a1b2-0123456789abcdef01234567;Sampled=0",
+            )
             .header("content-type", "application/json")
             .body(Full::new(Bytes::from(event.to_string())))
             .unwrap();
     }
-    let parts: Vec<&str> = path.trim_start_matches("/2018-06-01/runtime/invocation/").split('/').collect();
-    let body = req.into_body().collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+    let parts: Vec<&str> = path
+        .trim_start_matches("/2018-06-01/runtime/invocation/")
+        .split('/')
+        .collect();
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
     if let [id, kind @ ("response" | "error")] = parts[..] {
         let mut value: Value = serde_json::from_slice(&body).unwrap_or(json!({"unparsable": true}));
         if kind == "error" {
@@ -154,9 +210,15 @@ async fn runtime_route(
         if let Some(tx) = waiting.lock().unwrap().remove(id) {
             let _ = tx.send(value);
         }
-        return Response::builder().status(202).body(Full::default()).unwrap();
+        return Response::builder()
+            .status(202)
+            .body(Full::default())
+            .unwrap();
     }
-    Response::builder().status(404).body(Full::default()).unwrap()
+    Response::builder()
+        .status(404)
+        .body(Full::default())
+        .unwrap()
 }
 
 /// The `bootstrap` binary as Lambda runs it. Killed on drop.
@@ -167,7 +229,11 @@ struct Bootstrap {
 
 impl Bootstrap {
     fn start(runtime_api: &str, env: &[(&str, String)]) -> Self {
-        let log_path = std::env::temp_dir().join(format!("liveness-bootstrap-{}-{}.log", std::process::id(), free_port()));
+        let log_path = std::env::temp_dir().join(format!(
+            "liveness-bootstrap-{}-{}.log",
+            std::process::id(),
+            free_port()
+        ));
         let log = std::fs::File::create(&log_path).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_bootstrap"))
             .env_remove("RUST_LOG")
@@ -204,7 +270,12 @@ impl Drop for Bootstrap {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bootstrap_serves_v1_and_v2_events() {
     let moto = Moto::start();
-    let arn = create_secret(&moto.client(), "liveness/api-credentials", json!({"username": USER, "password": PASS})).await;
+    let arn = create_secret(
+        &moto.client(),
+        "liveness/api-credentials",
+        json!({"username": USER, "password": PASS}),
+    )
+    .await;
     let runtime = RuntimeApi::start().await;
     let mut env = moto.env();
     env.push(("LIVENESS_SECRET_ID", arn));
@@ -214,7 +285,10 @@ async fn bootstrap_serves_v1_and_v2_events() {
     let live = body("lambda-live", &live_b64);
     let spoof = body("lambda-spoof", &dev_image_b64(SPOOF_IMAGE));
 
-    for (kind, make) in [("v1", v1_event as fn(&str, &str) -> Value), ("v2", v2_event)] {
+    for (kind, make) in [
+        ("v1", v1_event as fn(&str, &str) -> Value),
+        ("v2", v2_event),
+    ] {
         let r = runtime.invoke(make(&auth, &live)).await;
         assert_eq!(r["statusCode"], 200, "{kind}: {r}\n{}", function.logs());
         let j = response_json(&r);
@@ -227,14 +301,25 @@ async fn bootstrap_serves_v1_and_v2_events() {
         let j = response_json(&r);
         assert!(j["score"].as_f64().unwrap() < 0.5, "{kind}: {j}");
 
-        let r = runtime.invoke(make(&basic(USER, "wrong-password"), &live)).await;
+        let r = runtime
+            .invoke(make(&basic(USER, "wrong-password"), &live))
+            .await;
         assert_eq!(r["statusCode"], 401, "{kind}: {r}");
-        assert_eq!(header(&r, "www-authenticate"), Some("Basic realm=\"liveness\""));
-        assert_eq!(response_json(&r), json!({"hasError": true, "error": "UNAUTHORIZED"}));
+        assert_eq!(
+            header(&r, "www-authenticate"),
+            Some("Basic realm=\"liveness\"")
+        );
+        assert_eq!(
+            response_json(&r),
+            json!({"hasError": true, "error": "UNAUTHORIZED"})
+        );
 
         let r = runtime.invoke(make(&auth, "{\"sessionId\": \"s\"}")).await;
         assert_eq!(r["statusCode"], 400, "{kind}: {r}");
-        assert_eq!(response_json(&r), json!({"sessionId": "s", "hasError": true, "error": "INVALID_REQUEST"}));
+        assert_eq!(
+            response_json(&r),
+            json!({"sessionId": "s", "hasError": true, "error": "INVALID_REQUEST"})
+        );
     }
 
     // Logs: JSON lines with the session id, outcome and stage latencies; never credentials or image data.
@@ -248,7 +333,10 @@ async fn bootstrap_serves_v1_and_v2_events() {
     let first = &assessed[0];
     assert_eq!(first["session_id"], "lambda-live", "{first}");
     assert_eq!(first["outcome"], "pass", "{first}");
-    assert!(first["detect_ms"].as_f64().is_some() && first["classify_ms"].as_f64().is_some(), "{first}");
+    assert!(
+        first["detect_ms"].as_f64().is_some() && first["classify_ms"].as_f64().is_some(),
+        "{first}"
+    );
     assert!(assessed.iter().any(|v| v["outcome"] == "fail"), "{logs}");
     for secret in [PASS, &auth[6..], &live_b64[..64], "wrong-password"] {
         assert!(!logs.contains(secret), "logs leak {secret:?}");
@@ -266,7 +354,11 @@ fn bootstrap_without_a_secret_id_fails_start_up() {
         .output()
         .expect("run bootstrap");
     assert!(!output.status.success());
-    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
     assert!(text.contains("LIVENESS_SECRET_ID"), "{text}");
 }
 

@@ -31,7 +31,7 @@ def main(spec_path, cases_path):
         for part in ptr[2:].split("/"):
             node = node[part.replace("~1", "/").replace("~0", "~")]
         if "$ref" in node:
-            return resolve(node["$ref"]), node["$ref"]
+            return resolve(node["$ref"])
         return node, ptr
 
     def check(schema_ptr, value):

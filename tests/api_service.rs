@@ -183,14 +183,17 @@ async fn invalid_image_cases() {
     let gif =
         base64::engine::general_purpose::STANDARD.encode(b"GIF89a\x01\x00\x01\x00\x00\x00\x00;");
     let text = base64::engine::general_purpose::STANDARD.encode(b"just some text, not an image");
-    let truncated =
-        base64::engine::general_purpose::STANDARD.encode(&dev_image(LIVE_IMAGE)[..2000]);
+    let corrupt_jpeg = base64::engine::general_purpose::STANDARD
+        .encode(b"\xff\xd8\xff\xe0\x00\x10JFIF\x00garbage-garbage-garbage");
+    let bmp = base64::engine::general_purpose::STANDARD
+        .encode(b"BM\x3a\x00\x00\x00\x00\x00\x00\x00\x36\x00\x00\x00");
     for field in [
         "@@@not-base64@@@".to_string(),
         "QUJD-+==".into(),
         gif,
         text,
-        truncated,
+        corrupt_jpeg,
+        bmp,
         "data:text/plain;base64,QUJD".into(),
     ] {
         let r = post(&app, body("img", &field)).await;
@@ -354,7 +357,7 @@ async fn cached_credentials_survive_a_secrets_manager_outage() {
     let mut moto = Moto::start();
     let mut config = ApiConfig::default();
     config.secret_cache.ttl = Duration::from_millis(300);
-    config.secret_cache.max_staleness = Duration::from_secs(2);
+    config.secret_cache.max_staleness = Duration::from_secs(3);
     config.secret_cache.retry_backoff = Duration::from_millis(100);
     let (app, _) = moto_app(&moto, json!({"username": USER, "password": PASS}), &config).await;
     assert_authorized(&login(&app, Some(&basic(USER, PASS))).await);
@@ -364,7 +367,7 @@ async fn cached_credentials_survive_a_secrets_manager_outage() {
     assert_authorized(&login(&app, Some(&basic(USER, PASS))).await);
     assert_unauthorized(&login(&app, Some(&basic(USER, "wrong"))).await);
     // Past the maximum staleness: fail closed.
-    tokio::time::sleep(Duration::from_millis(2000)).await;
+    tokio::time::sleep(Duration::from_millis(3000)).await;
     let r = login(&app, Some(&basic(USER, PASS))).await;
     assert_error(&r, 503, "SERVICE_UNAVAILABLE", None);
 }
@@ -622,13 +625,21 @@ struct Case {
 }
 
 fn case_json(c: &Case) -> Value {
-    let headers: serde_json::Map<String, Value> =
-        c.reply.headers.iter().map(|(k, v)| (k.as_str().to_owned(), json!(v.to_str().unwrap()))).collect();
+    let headers: serde_json::Map<String, Value> = c
+        .reply
+        .headers
+        .iter()
+        .map(|(k, v)| (k.as_str().to_owned(), json!(v.to_str().unwrap())))
+        .collect();
     json!({"method": c.method, "path": c.path, "status": c.reply.status.as_u16(), "headers": headers, "body": c.reply.json})
 }
 
 fn run_openapi_check(cases: &[Value]) -> (bool, String) {
-    let file = std::env::temp_dir().join(format!("liveness-openapi-cases-{}-{}.json", std::process::id(), free_port()));
+    let file = std::env::temp_dir().join(format!(
+        "liveness-openapi-cases-{}-{}.json",
+        std::process::id(),
+        free_port()
+    ));
     std::fs::write(&file, serde_json::to_vec(cases).unwrap()).unwrap();
     let out = std::process::Command::new(repo_root().join(".venv/bin/python"))
         .arg(repo_root().join("tests/api_openapi_check.py"))
@@ -637,7 +648,11 @@ fn run_openapi_check(cases: &[Value]) -> (bool, String) {
         .output()
         .expect("run the OpenAPI check with .venv/bin/python (make venv)");
     let _ = std::fs::remove_file(&file);
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     (out.status.success(), text)
 }
 
@@ -653,36 +668,97 @@ async fn responses_match_openapi() {
     let auth = basic(USER, PASS);
     let p = "/api/v1/face/liveness";
     let mut cases = Vec::new();
-    let mut add = |method, path, reply: Reply| cases.push(Case { method, path, reply });
+    let mut add = |method, path, reply: Reply| {
+        cases.push(Case {
+            method,
+            path,
+            reply,
+        })
+    };
 
-    add("POST", p, post(&app, body("ok", &dev_image_b64(LIVE_IMAGE))).await);
-    add("POST", p, post(&app, body("gate", &dev_image_b64("gate_face_not_found_001.png"))).await);
+    add(
+        "POST",
+        p,
+        post(&app, body("ok", &dev_image_b64(LIVE_IMAGE))).await,
+    );
+    add(
+        "POST",
+        p,
+        post(
+            &app,
+            body("gate", &dev_image_b64("gate_face_not_found_001.png")),
+        )
+        .await,
+    );
     add("POST", p, post(&app, "{bad").await);
     add("POST", p, post(&app, body("s", "%%%")).await);
-    add("POST", p, post(&app, body("s", "http://10.0.0.1/x.jpg")).await);
-    add("POST", p, post(&app, body("s", &format!("http://127.0.0.1:{port}/missing"))).await);
-    add("POST", p, post(&app, body("s", &format!("http://127.0.0.1:{port}/huge"))).await);
+    add(
+        "POST",
+        p,
+        post(&app, body("s", "http://10.0.0.1/x.jpg")).await,
+    );
+    add(
+        "POST",
+        p,
+        post(&app, body("s", &format!("http://127.0.0.1:{port}/missing"))).await,
+    );
+    add(
+        "POST",
+        p,
+        post(&app, body("s", &format!("http://127.0.0.1:{port}/huge"))).await,
+    );
     add("POST", p, call(&app, "POST", p, None, "{}").await);
-    add("POST", p, call(&app, "POST", p, Some("Basic Zm9vOmJhcg=="), "{}").await);
+    add(
+        "POST",
+        p,
+        call(&app, "POST", p, Some("Basic Zm9vOmJhcg=="), "{}").await,
+    );
     add("GET", p, call(&app, "GET", p, Some(&auth), "").await);
-    add("POST", "/nope", call(&app, "POST", "/nope", Some(&auth), "").await);
+    add(
+        "POST",
+        "/nope",
+        call(&app, "POST", "/nope", Some(&auth), "").await,
+    );
 
     // 408: a body that never finishes arriving.
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<hyper::body::Frame<Bytes>, Infallible>>(1);
-    tx.send(Ok(hyper::body::Frame::data(Bytes::from_static(b"{\"sessionId\":")))).await.unwrap();
+    tx.send(Ok(hyper::body::Frame::data(Bytes::from_static(
+        b"{\"sessionId\":",
+    ))))
+    .await
+    .unwrap();
     let stalled = http_body_util::StreamBody::new(tokio_stream_from(rx));
-    let req = Request::builder().method("POST").uri(p).header("authorization", &auth).body(stalled).unwrap();
+    let req = Request::builder()
+        .method("POST")
+        .uri(p)
+        .header("authorization", &auth)
+        .body(stalled)
+        .unwrap();
     let res = app.handle(req).await;
     drop(tx);
-    add("POST", p, Reply { status: res.status(), headers: res.headers().clone(), json: serde_json::from_str(res.body()).unwrap() });
+    add(
+        "POST",
+        p,
+        Reply {
+            status: res.status(),
+            headers: res.headers().clone(),
+            json: serde_json::from_str(res.body()).unwrap(),
+        },
+    );
 
     // 503: Secrets Manager unreachable and nothing cached.
-    let dead = SecretsManagerSource::new(client_for(&format!("http://127.0.0.1:{}", free_port())), "x".into());
+    let dead = SecretsManagerSource::new(
+        client_for(&format!("http://127.0.0.1:{}", free_port())),
+        "x".into(),
+    );
     let app503 = App::new(pipeline(), &config, Arc::new(dead));
     add("POST", p, call(&app503, "POST", p, Some(&auth), "{}").await);
 
     let statuses: Vec<u16> = cases.iter().map(|c| c.reply.status.as_u16()).collect();
-    assert_eq!(statuses, [200, 200, 400, 400, 400, 422, 413, 401, 401, 405, 404, 408, 503]);
+    assert_eq!(
+        statuses,
+        [200, 200, 400, 400, 400, 422, 413, 401, 401, 405, 404, 408, 503]
+    );
     let json_cases: Vec<Value> = cases.iter().map(case_json).collect();
     let (ok, text) = run_openapi_check(&json_cases);
     assert!(ok, "responses do not match openapi.yaml:\n{text}");
@@ -691,7 +767,10 @@ async fn responses_match_openapi() {
     let mut broken = json_cases.clone();
     broken[0]["body"]["score"] = json!("high");
     broken[2]["body"]["error"] = json!("SOMETHING_ELSE");
-    broken[7]["headers"].as_object_mut().unwrap().remove("www-authenticate");
+    broken[7]["headers"]
+        .as_object_mut()
+        .unwrap()
+        .remove("www-authenticate");
     let (ok, text) = run_openapi_check(&broken);
     assert!(!ok, "{text}");
     for needle in ["case 0", "case 2", "case 7", "WWW-Authenticate"] {
@@ -703,5 +782,7 @@ async fn responses_match_openapi() {
 fn tokio_stream_from<T: Send + 'static>(
     rx: tokio::sync::mpsc::Receiver<T>,
 ) -> impl futures_util::Stream<Item = T> + Send {
-    futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) })
+    futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    })
 }

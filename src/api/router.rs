@@ -177,7 +177,10 @@ impl App {
     ///
     /// Routes on the event's own path: `lambda_http` prefixes the REST API stage (`/Prod/...`)
     /// to the URI, while the event's `path`/`rawPath` is what the client requested.
-    pub async fn handle_lambda(&self, mut request: lambda_http::Request) -> Response<lambda_http::Body> {
+    pub async fn handle_lambda(
+        &self,
+        mut request: lambda_http::Request,
+    ) -> Response<lambda_http::Body> {
         use lambda_http::RequestExt;
         let raw_path = request.raw_http_path().to_owned();
         if !raw_path.is_empty() {

@@ -15,13 +15,7 @@ use liveness::pipeline::Pipeline;
 
 async fn start() -> Result<App, Error> {
     let config = ApiConfig::from_env()?;
-    // Interim until the pipeline's own `PipelineConfig::from_env` lands on main.
-    let pipeline_config = PipelineConfig {
-        model_dir: std::env::var_os("LIVENESS_MODEL_DIR").map_or_else(|| "models".into(), Into::into),
-        score_threshold: 0.5,
-        max_pixels: 40_000_000,
-    };
-    let pipeline = Arc::new(Pipeline::load(pipeline_config)?);
+    let pipeline = Arc::new(Pipeline::load(PipelineConfig::from_env()?)?);
     Ok(App::build(pipeline, &config, Deployment::Lambda).await?)
 }
 

@@ -46,8 +46,7 @@ pub fn dev_image_b64(name: &str) -> String {
 pub fn pipeline_config() -> PipelineConfig {
     PipelineConfig {
         model_dir: model_dir(),
-        score_threshold: 0.5,
-        max_pixels: 40_000_000,
+        ..PipelineConfig::default()
     }
 }
 
@@ -153,13 +152,21 @@ impl Drop for Moto {
     }
 }
 
-/// A Secrets Manager client for `endpoint` with dummy keys.
+/// A Secrets Manager client for `endpoint` with dummy keys; no retries and short timeouts, like
+/// the service's own client, so an unreachable endpoint fails fast.
 pub fn client_for(endpoint: &str) -> aws_sdk_secretsmanager::Client {
     let config = aws_sdk_secretsmanager::Config::builder()
         .behavior_version(BehaviorVersion::latest())
         .region(Region::new("us-east-1"))
         .endpoint_url(endpoint)
         .credentials_provider(Credentials::new("testing", "testing", None, None, "tests"))
+        .retry_config(aws_sdk_secretsmanager::config::retry::RetryConfig::disabled())
+        .timeout_config(
+            aws_sdk_secretsmanager::config::timeout::TimeoutConfig::builder()
+                .connect_timeout(Duration::from_secs(1))
+                .operation_timeout(Duration::from_secs(3))
+                .build(),
+        )
         .build();
     aws_sdk_secretsmanager::Client::from_conf(config)
 }
