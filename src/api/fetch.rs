@@ -122,7 +122,7 @@ impl Fetcher {
                 .unwrap_or_default()
                 .trim_end_matches('.')
                 .to_ascii_lowercase();
-            if !self.policy.allowed_hosts.iter().any(|h| *h == name) {
+            if !self.policy.allowed_hosts.contains(&name) {
                 return Err(FetchError::Rejected("host is not on the allowlist"));
             }
         }
