@@ -109,7 +109,7 @@ impl App {
         let started = Instant::now();
         let handled = self.process(req).await;
         let latency_ms = started.elapsed().as_secs_f64() * 1e3;
-        let session_id = handled.session_id.as_deref().unwrap_or("");
+        let session_id = handled.session_id.as_deref();
         let (status, body) = match &handled.result {
             Ok(assessment) => {
                 let t = &assessment.timings;
@@ -288,7 +288,7 @@ impl App {
     }
 }
 
-fn log_stages(session_id: &str, outcome: &str, latency_ms: f64, t: &StageTimings) {
+fn log_stages(session_id: Option<&str>, outcome: &str, latency_ms: f64, t: &StageTimings) {
     tracing::info!(
         session_id,
         outcome,
