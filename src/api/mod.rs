@@ -64,7 +64,8 @@ pub fn init_tracing(json: bool) {
     }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_target(false);
+        .with_target(false)
+        .with_ansi(!json && std::io::IsTerminal::is_terminal(&std::io::stdout()));
     // A subscriber installed earlier (e.g. by the CLI) stays in place, hence the ignored error.
     let _ = if json {
         builder
