@@ -8,7 +8,7 @@ use image::RgbImage;
 
 use crate::config::PipelineConfig;
 use crate::detector::FaceDetector;
-use crate::gate::{select_face, Rejection};
+use crate::gate::{check_geometry, select_face, Rejection};
 use crate::image_io::{decode_rgb, DecodeError};
 use crate::imgproc::{antispoof_crop_box, bgr_tensor, resize_bilinear, Window};
 use crate::models::minifasnet::{live_probability, MiniFasNet, Variant, INPUT_SIZE};
@@ -173,7 +173,9 @@ impl Pipeline {
         diagnostics.faces = faces.iter().map(FaceSummary::from).collect();
 
         let t = Instant::now();
-        let gate = select_face(&faces, &self.config.gate);
+        let gate = select_face(&faces, &self.config.gate).and_then(|face| {
+            check_geometry(face, image.width(), image.height(), &self.config.gate).map(|()| face)
+        });
         timings.gate_ms = ms_since(t);
         let face = match gate {
             Ok(face) => face,
