@@ -1,0 +1,3 @@
+//! Native candle ports of the networks.
+
+pub mod mask;
