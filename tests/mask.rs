@@ -12,7 +12,10 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::{Module, Tensor};
-use liveness::models::mask::{mask_input, normalized_input, MaskClassifier, MASK_INDEX};
+use liveness::image_io::{decode_rgb, DecodeLimits};
+use liveness::models::mask::{
+    mask_input, normalized_input, MaskClassifier, MASK_INDEX, MASK_THRESHOLD,
+};
 use serde_json::Value;
 
 fn root() -> PathBuf {
@@ -186,6 +189,62 @@ fn batch_matches_single() {
         .max(0)
         .unwrap();
     assert!(diff.to_scalar::<f32>().unwrap() <= 1e-6);
+}
+
+/// On the dev images, with the RetinaFace boxes of the reference run (onnxruntime, full resolution,
+/// `../shared/reference/retinaface_dev.csv`, boxes in pixels of the EXIF-upright image): no live or
+/// spoof face reaches [`MASK_THRESHOLD`] and every `FACE_IS_OCCLUDED` gate image (real masked faces)
+/// does.
+#[test]
+fn dev_set_masked_faces_are_flagged_and_live_faces_are_not() {
+    let shared = root().join("../shared");
+    let net = classifier();
+    let mut reader =
+        csv::Reader::from_path(shared.join("reference/retinaface_dev.csv")).expect("reference CSV");
+    let header = reader.headers().unwrap().clone();
+    let col = |name: &str| header.iter().position(|h| h == name).unwrap();
+    let (mut unmasked, mut masked) = (Vec::new(), Vec::new());
+    for row in reader.records() {
+        let row = row.unwrap();
+        let expected = &row[col("expected_error")];
+        let wanted =
+            matches!(&row[col("label")], "live" | "spoof") || expected == "FACE_IS_OCCLUDED";
+        if &row[col("res")] != "full" || &row[col("n_faces_05")] == "0" || !wanted {
+            continue;
+        }
+        let bytes = std::fs::read(shared.join("data/faces-dev").join(&row[col("file")])).unwrap();
+        let img = decode_rgb(&bytes, DecodeLimits::default()).unwrap();
+        assert_eq!(
+            img.width().to_string(),
+            &row[col("img_w")],
+            "{}",
+            &row[col("file")]
+        );
+        let ltrb = ["x1", "y1", "x2", "y2"].map(|c| row[col(c)].parse::<f32>().unwrap());
+        let p = net.mask_probability(&img, ltrb).unwrap();
+        let entry = (row[col("file")].to_string(), p);
+        if expected == "FACE_IS_OCCLUDED" {
+            masked.push(entry);
+        } else {
+            unmasked.push(entry);
+        }
+    }
+    let highest = unmasked.iter().max_by(|a, b| a.1.total_cmp(&b.1)).unwrap();
+    let lowest = masked.iter().min_by(|a, b| a.1.total_cmp(&b.1)).unwrap();
+    println!(
+        "{} live/spoof faces: highest P(mask) {highest:?}; {} masked faces: lowest {lowest:?}",
+        unmasked.len(),
+        masked.len()
+    );
+    assert!(
+        unmasked.len() >= 100 && masked.len() >= 4,
+        "dev set changed"
+    );
+    assert!(
+        highest.1 < MASK_THRESHOLD,
+        "live/spoof face flagged as masked: {highest:?}"
+    );
+    assert!(lowest.1 >= MASK_THRESHOLD, "masked face missed: {lowest:?}");
 }
 
 /// Single-threaded forward time: `cargo test --release --test mask -- --ignored --nocapture`.

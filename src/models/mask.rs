@@ -29,6 +29,14 @@ pub const HIDDEN_DIM: usize = 128;
 /// Index of `P(mask)` in the softmax output (index 1 is `P(no_mask)`).
 pub const MASK_INDEX: usize = 0;
 
+/// Recommended `P(mask)` at or above which a detected face counts as masked (`FACE_IS_OCCLUDED`).
+///
+/// The package's own rule (`mask > no_mask`). On `faces-dev` with RetinaFace full-resolution boxes,
+/// live and spoof faces stay at or below 0.30 and the four masked faces at or above 0.66 (checked by
+/// `tests/mask.rs`). The classifier is not a face detector: it also says "mask" for non-faces (a bare
+/// mask, a coffee cup), so apply it only to a face the detector (or another face check) vouches for.
+pub const MASK_THRESHOLD: f32 = 0.5;
+
 /// Keras BatchNormalization epsilon used by every layer of the model.
 const BN_EPS: f64 = 1e-3;
 /// Keras `ZeroPadding2D(((0, 1), (0, 1)))` before every stride-2 conv: `[top, left, bottom, right]`.
