@@ -1,0 +1,2 @@
+pub mod face_pose;
+pub mod facemesh;
