@@ -1,0 +1,174 @@
+//! Pixel geometry shared by the networks: the anti-spoof crop rule, OpenCV-compatible bilinear
+//! resizing, and conversion to planar BGR tensors.
+
+use candle_core::{Device, Result, Tensor};
+use image::RgbImage;
+
+/// The upstream Silent-Face crop rectangle for a face box `x, y, w, h` at `scale`.
+///
+/// The scale is capped so the crop fits (`min(scale, (H-1)/h, (W-1)/w)`); the `w*s x h*s` box is
+/// centred on the face, shifted (not padded) back inside the image, and its corners truncated to
+/// integers. Returns inclusive `[left, top, right, bottom]`.
+pub fn antispoof_crop_box(img_w: u32, img_h: u32, face_xywh: [f32; 4], scale: f32) -> [i32; 4] {
+    let (src_w, src_h) = (img_w as f64, img_h as f64);
+    let [x, y, box_w, box_h] = face_xywh.map(|v| v as f64);
+    let scale = (scale as f64)
+        .min((src_h - 1.0) / box_h)
+        .min((src_w - 1.0) / box_w);
+    let (new_w, new_h) = (box_w * scale, box_h * scale);
+    let (cx, cy) = (x + box_w / 2.0, y + box_h / 2.0);
+    let (mut left, mut top) = (cx - new_w / 2.0, cy - new_h / 2.0);
+    let (mut right, mut bottom) = (cx + new_w / 2.0, cy + new_h / 2.0);
+    if left < 0.0 {
+        right -= left;
+        left = 0.0;
+    }
+    if top < 0.0 {
+        bottom -= top;
+        top = 0.0;
+    }
+    if right > src_w - 1.0 {
+        left -= right - src_w + 1.0;
+        right = src_w - 1.0;
+    }
+    if bottom > src_h - 1.0 {
+        top -= bottom - src_h + 1.0;
+        bottom = src_h - 1.0;
+    }
+    [left as i32, top as i32, right as i32, bottom as i32]
+}
+
+/// The effective crop scale the anti-spoof rule can reach for a face box (`min(scale, ...)`).
+pub fn effective_crop_scale(img_w: u32, img_h: u32, box_w: f32, box_h: f32, scale: f32) -> f32 {
+    scale
+        .min((img_h as f32 - 1.0) / box_h)
+        .min((img_w as f32 - 1.0) / box_w)
+}
+
+/// A rectangular window `x, y, w, h` (pixels) of an interleaved 8-bit image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    pub x: u32,
+    pub y: u32,
+    pub w: u32,
+    pub h: u32,
+}
+
+const COEF_BITS: i32 = 11;
+const COEF_SCALE: f32 = (1 << COEF_BITS) as f32;
+
+/// Per-destination-index source position and fixed-point weights, OpenCV INTER_LINEAR style
+/// (half-pixel centres, clamped at the borders, weights in 1/2048).
+fn linear_taps(src_len: u32, dst_len: u32) -> Vec<(u32, u32, i32, i32)> {
+    let scale = src_len as f64 / dst_len as f64;
+    (0..dst_len)
+        .map(|d| {
+            let f = ((d as f64 + 0.5) * scale - 0.5) as f32;
+            let mut s = f.floor() as i64;
+            let mut frac = f - s as f32;
+            if s < 0 {
+                s = 0;
+                frac = 0.0;
+            }
+            if s >= src_len as i64 - 1 {
+                s = src_len as i64 - 1;
+                frac = 0.0;
+            }
+            let s1 = (s + 1).min(src_len as i64 - 1) as u32;
+            let w1 = (frac * COEF_SCALE).round() as i32;
+            let w0 = ((1.0 - frac) * COEF_SCALE).round() as i32;
+            (s as u32, s1, w0, w1)
+        })
+        .collect()
+}
+
+/// Resizes `window` of an RGB image to `dst_w x dst_h` with OpenCV's `INTER_LINEAR` rule for
+/// 8-bit images (fixed-point weights, rounded result). Returns interleaved RGB bytes.
+pub fn resize_bilinear(img: &RgbImage, window: Window, dst_w: u32, dst_h: u32) -> Vec<u8> {
+    const CN: usize = 3;
+    let src = img.as_raw();
+    let stride = img.width() as usize * CN;
+    let xs = linear_taps(window.w, dst_w);
+    let ys = linear_taps(window.h, dst_h);
+    let row_len = dst_w as usize * CN;
+    // Horizontal pass for one source row into an i32 buffer.
+    let hpass = |sy: u32, buf: &mut [i32]| {
+        let row = &src[(window.y + sy) as usize * stride + window.x as usize * CN..];
+        for (d, &(s0, s1, w0, w1)) in xs.iter().enumerate() {
+            let (p0, p1) = (s0 as usize * CN, s1 as usize * CN);
+            for c in 0..CN {
+                buf[d * CN + c] = row[p0 + c] as i32 * w0 + row[p1 + c] as i32 * w1;
+            }
+        }
+    };
+    let mut out = vec![0u8; row_len * dst_h as usize];
+    let (mut buf0, mut buf1) = (vec![0i32; row_len], vec![0i32; row_len]);
+    let mut cached: (Option<u32>, Option<u32>) = (None, None);
+    for (dy, &(sy0, sy1, b0, b1)) in ys.iter().enumerate() {
+        if cached.0 != Some(sy0) {
+            if cached.1 == Some(sy0) {
+                std::mem::swap(&mut buf0, &mut buf1);
+                cached.1 = None;
+            } else {
+                hpass(sy0, &mut buf0);
+            }
+            cached.0 = Some(sy0);
+        }
+        if cached.1 != Some(sy1) {
+            hpass(sy1, &mut buf1);
+            cached.1 = Some(sy1);
+        }
+        let dst = &mut out[dy * row_len..(dy + 1) * row_len];
+        for ((o, &a), &b) in dst.iter_mut().zip(&buf0).zip(&buf1) {
+            let v = (a * b0 + b * b1 + (1 << (2 * COEF_BITS - 1))) >> (2 * COEF_BITS);
+            *o = v.clamp(0, 255) as u8;
+        }
+    }
+    out
+}
+
+/// Planar `1x3xHxW` f32 tensor in **BGR** order from interleaved RGB bytes, minus `mean_bgr`.
+pub fn bgr_tensor(rgb: &[u8], w: usize, h: usize, mean_bgr: [f32; 3]) -> Result<Tensor> {
+    let plane = w * h;
+    let mut data = vec![0f32; 3 * plane];
+    let (b, rest) = data.split_at_mut(plane);
+    let (g, r) = rest.split_at_mut(plane);
+    for (i, px) in rgb.chunks_exact(3).enumerate() {
+        r[i] = px[0] as f32 - mean_bgr[2];
+        g[i] = px[1] as f32 - mean_bgr[1];
+        b[i] = px[2] as f32 - mean_bgr[0];
+    }
+    Tensor::from_vec(data, (1, 3, h, w), &Device::Cpu)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crop_box_is_shifted_inside_the_image() {
+        // A face near the top-left corner: the crop keeps its size and moves right/down.
+        let [l, t, r, b] = antispoof_crop_box(640, 480, [10.0, 10.0, 100.0, 100.0], 2.7);
+        assert_eq!((l, t), (0, 0));
+        assert_eq!((r, b), (270, 270));
+        // A face too big for the scale: the scale shrinks to fit the image height.
+        let [_, t, _, b] = antispoof_crop_box(640, 480, [200.0, 100.0, 200.0, 300.0], 2.7);
+        assert_eq!((t, b), (0, 479));
+    }
+
+    #[test]
+    fn identity_resize_keeps_pixels_and_halving_averages() {
+        let img = RgbImage::from_fn(4, 2, |x, y| image::Rgb([(x * 10 + y) as u8, 7, 200]));
+        let full = Window {
+            x: 0,
+            y: 0,
+            w: 4,
+            h: 2,
+        };
+        assert_eq!(resize_bilinear(&img, full, 4, 2), img.as_raw().clone());
+        let half = resize_bilinear(&img, full, 2, 1);
+        // Each output pixel is the mean of a 2x2 block (half-pixel centres).
+        assert_eq!(&half[..3], &[6, 7, 200]);
+        assert_eq!(&half[3..], &[26, 7, 200]);
+    }
+}

@@ -4,6 +4,7 @@
 //! Networks run as native candle code with the hand-written kernels in [`nn`].
 
 pub mod config;
+pub mod detector;
 pub mod image_io;
 pub mod imgproc;
 pub mod models;

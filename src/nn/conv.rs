@@ -107,21 +107,25 @@ impl FusedConv2d {
         }
         if let Activation::PRelu(slopes) = &activation {
             if slopes.len() != out_channels {
-                candle_core::bail!("PReLU has {} slopes for {out_channels} channels", slopes.len());
+                candle_core::bail!(
+                    "PReLU has {} slopes for {out_channels} channels",
+                    slopes.len()
+                );
             }
         }
-        let kind = if in_per_group == 1 && geometry.groups == in_channels && out_channels == in_channels {
-            Kernel::Depthwise
-        } else if kh == 1
-            && kw == 1
-            && geometry.stride == 1
-            && geometry.groups == 1
-            && geometry.padding == [0; 4]
-        {
-            Kernel::Pointwise
-        } else {
-            Kernel::Im2col
-        };
+        let kind =
+            if in_per_group == 1 && geometry.groups == in_channels && out_channels == in_channels {
+                Kernel::Depthwise
+            } else if kh == 1
+                && kw == 1
+                && geometry.stride == 1
+                && geometry.groups == 1
+                && geometry.padding == [0; 4]
+            {
+                Kernel::Pointwise
+            } else {
+                Kernel::Im2col
+            };
         Ok(Self {
             weight,
             bias,
@@ -248,7 +252,8 @@ impl FusedConv2d {
                             out_row[x_hi..].fill(0.0);
                             let x0 = x_lo * s + kx - pl;
                             if s == 1 {
-                                out_row[x_lo..x_hi].copy_from_slice(&in_row[x0..x0 + (x_hi - x_lo)]);
+                                out_row[x_lo..x_hi]
+                                    .copy_from_slice(&in_row[x0..x0 + (x_hi - x_lo)]);
                             } else {
                                 for (o, ox) in (x_lo..x_hi).enumerate() {
                                     out_row[ox] = in_row[x0 + o * s];
@@ -320,7 +325,11 @@ impl FusedConv2d {
 fn valid_span(ow: usize, w: usize, kx: usize, pad: usize, s: usize) -> (usize, usize) {
     // ox*s + kx >= pad  and  ox*s + kx - pad < w
     let lo = if kx >= pad { 0 } else { (pad - kx).div_ceil(s) };
-    let hi = if w + pad > kx { (w + pad - kx).div_ceil(s).min(ow) } else { 0 };
+    let hi = if w + pad > kx {
+        (w + pad - kx).div_ceil(s).min(ow)
+    } else {
+        0
+    };
     (lo.min(hi), hi)
 }
 
@@ -394,12 +403,7 @@ mod tests {
     use super::*;
     use candle_core::{Device, Tensor};
 
-    fn reference(
-        x: &Tensor,
-        w: &Tensor,
-        b: &Tensor,
-        g: ConvGeometry,
-    ) -> Result<Tensor> {
+    fn reference(x: &Tensor, w: &Tensor, b: &Tensor, g: ConvGeometry) -> Result<Tensor> {
         let [pt, pl, pb, pr] = g.padding;
         let x = x.pad_with_zeros(2, pt, pb)?.pad_with_zeros(3, pl, pr)?;
         let y = x.conv2d(w, 0, g.stride, 1, g.groups)?;
@@ -415,8 +419,15 @@ mod tests {
         let ours = conv.forward(&x)?;
         let want = reference(&x, &wt, &b, g)?;
         assert_eq!(ours.dims(), want.dims(), "{cin}->{cout} k{k} {h}x{w} {g:?}");
-        let diff = (ours - want)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
-        assert!(diff < 1e-4, "{cin}->{cout} k{k} {h}x{w} {g:?}: max diff {diff}");
+        let diff = (ours - want)?
+            .abs()?
+            .flatten_all()?
+            .max(0)?
+            .to_scalar::<f32>()?;
+        assert!(
+            diff < 1e-4,
+            "{cin}->{cout} k{k} {h}x{w} {g:?}: max diff {diff}"
+        );
         Ok(())
     }
 
@@ -436,9 +447,17 @@ mod tests {
             }
             check(4, 4, 5, h + 4, w + 4, ConvGeometry::new(1, 0, 4))?;
             // asymmetric padding, as Keras/TFLite "same" with stride 2
-            let g = ConvGeometry { stride: 2, padding: [0, 0, 1, 1], groups: 3 };
+            let g = ConvGeometry {
+                stride: 2,
+                padding: [0, 0, 1, 1],
+                groups: 3,
+            };
             check(3, 3, 3, h + 1, w + 1, g)?;
-            let g = ConvGeometry { stride: 2, padding: [0, 0, 1, 1], groups: 1 };
+            let g = ConvGeometry {
+                stride: 2,
+                padding: [0, 0, 1, 1],
+                groups: 1,
+            };
             check(3, 5, 3, h + 1, w + 1, g)?;
         }
         Ok(())
@@ -460,7 +479,10 @@ mod tests {
         assert_eq!(run(Activation::Relu)?, vec![0.0, 8.0, 2.0, 0.0]);
         assert_eq!(run(Activation::Relu6)?, vec![0.0, 6.0, 2.0, 0.0]);
         assert_eq!(run(Activation::LeakyRelu(0.1))?, vec![-0.2, 8.0, 2.0, -0.2]);
-        assert_eq!(run(Activation::PRelu(vec![0.5, 0.25]))?, vec![-1.0, 8.0, 2.0, -0.5]);
+        assert_eq!(
+            run(Activation::PRelu(vec![0.5, 0.25]))?,
+            vec![-1.0, 8.0, 2.0, -0.5]
+        );
         Ok(())
     }
 }

@@ -1,0 +1,373 @@
+//! RetinaFace with a MobileNetV1-0.25 backbone (biubug6/Pytorch_Retinaface layout), BatchNorm
+//! already folded into the convolutions.
+//!
+//! Weight names mirror the module paths of the ONNX export (`fx.stage1.0.0.weight`,
+//! `fpn.output1.0.bias`, `ssh1.conv3X3.0.weight`, `class_head.0.weight`, ...), written by
+//! `convert-retinaface`. Input: `1x3xHxW` BGR minus (104, 117, 123), any size.
+
+use candle_core::{Module, Result, Tensor, D};
+use candle_nn::VarBuilder;
+
+use crate::nn::conv::{Activation, ConvGeometry, FusedConv2d};
+
+/// Negative slope of every LeakyReLU in the network.
+const LEAKY: f32 = 0.1;
+/// Anchor sizes (pixels of the network input) per level, strides 8, 16, 32.
+pub const MIN_SIZES: [[f32; 2]; 3] = [[16.0, 32.0], [64.0, 128.0], [256.0, 512.0]];
+/// Feature strides of the three levels.
+pub const STRIDES: [usize; 3] = [8, 16, 32];
+/// Per-channel mean subtracted from BGR input pixels.
+pub const MEAN_BGR: [f32; 3] = [104.0, 117.0, 123.0];
+const VARIANCE: [f32; 2] = [0.1, 0.2];
+
+fn conv(vb: &VarBuilder, geometry: ConvGeometry, activation: Activation) -> Result<FusedConv2d> {
+    let weight = vb.get_unchecked("weight")?;
+    let bias = vb.get_unchecked("bias")?;
+    FusedConv2d::new(&weight, Some(&bias), geometry, activation)
+}
+
+/// A 3x3 depthwise + 1x1 pointwise pair of the MobileNetV1 backbone.
+struct DepthwiseSeparable {
+    depthwise: FusedConv2d,
+    pointwise: FusedConv2d,
+}
+
+impl DepthwiseSeparable {
+    fn new(vb: VarBuilder, channels: usize, stride: usize) -> Result<Self> {
+        let leaky = Activation::LeakyRelu(LEAKY);
+        Ok(Self {
+            depthwise: conv(
+                &vb.pp("0.0"),
+                ConvGeometry::new(stride, 1, channels),
+                leaky.clone(),
+            )?,
+            pointwise: conv(&vb.pp("1.0"), ConvGeometry::new(1, 0, 1), leaky)?,
+        })
+    }
+}
+
+impl Module for DepthwiseSeparable {
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        self.pointwise.forward(&self.depthwise.forward(xs)?)
+    }
+}
+
+/// MobileNetV1-0.25 in three stages; returns the stride 8, 16 and 32 feature maps.
+struct Backbone {
+    stem: FusedConv2d,
+    stages: [Vec<DepthwiseSeparable>; 3],
+}
+
+impl Backbone {
+    fn new(vb: VarBuilder) -> Result<Self> {
+        let stem = conv(
+            &vb.pp("stage1.0.0"),
+            ConvGeometry::new(2, 1, 1),
+            Activation::LeakyRelu(LEAKY),
+        )?;
+        // (input channels, stride) of each depthwise-separable block, per stage.
+        let plan: [&[(usize, usize)]; 3] = [
+            &[(8, 1), (16, 2), (32, 1), (32, 2), (64, 1)],
+            &[(64, 2), (128, 1), (128, 1), (128, 1), (128, 1), (128, 1)],
+            &[(128, 2), (256, 1)],
+        ];
+        let mut stages: [Vec<DepthwiseSeparable>; 3] = Default::default();
+        for (s, blocks) in plan.iter().enumerate() {
+            let vb = vb.pp(format!("stage{}", s + 1));
+            let first = if s == 0 { 1 } else { 0 };
+            for (i, &(channels, stride)) in blocks.iter().enumerate() {
+                stages[s].push(DepthwiseSeparable::new(
+                    vb.pp((first + i).to_string()),
+                    channels,
+                    stride,
+                )?);
+            }
+        }
+        Ok(Self { stem, stages })
+    }
+
+    fn forward(&self, xs: &Tensor) -> Result<[Tensor; 3]> {
+        let mut x = self.stem.forward(xs)?;
+        let mut outs = Vec::with_capacity(3);
+        for stage in &self.stages {
+            for block in stage {
+                x = block.forward(&x)?;
+            }
+            outs.push(x.clone());
+        }
+        Ok([outs[0].clone(), outs[1].clone(), outs[2].clone()])
+    }
+}
+
+/// Feature pyramid: lateral 1x1 convs, nearest upsampling, 3x3 merges.
+struct Fpn {
+    lateral: [FusedConv2d; 3],
+    merge2: FusedConv2d,
+    merge1: FusedConv2d,
+}
+
+impl Fpn {
+    fn new(vb: VarBuilder) -> Result<Self> {
+        let leaky = Activation::LeakyRelu(LEAKY);
+        let lateral = |name: &str| conv(&vb.pp(name), ConvGeometry::new(1, 0, 1), leaky.clone());
+        Ok(Self {
+            lateral: [
+                lateral("output1.0")?,
+                lateral("output2.0")?,
+                lateral("output3.0")?,
+            ],
+            merge2: conv(
+                &vb.pp("merge2.0"),
+                ConvGeometry::new(1, 1, 1),
+                leaky.clone(),
+            )?,
+            merge1: conv(
+                &vb.pp("merge1.0"),
+                ConvGeometry::new(1, 1, 1),
+                leaky.clone(),
+            )?,
+        })
+    }
+
+    fn forward(&self, features: &[Tensor; 3]) -> Result<[Tensor; 3]> {
+        let out1 = self.lateral[0].forward(&features[0])?;
+        let out2 = self.lateral[1].forward(&features[1])?;
+        let out3 = self.lateral[2].forward(&features[2])?;
+        let (_, _, h2, w2) = out2.dims4()?;
+        let out2 = self
+            .merge2
+            .forward(&(out2 + out3.upsample_nearest2d(h2, w2)?)?)?;
+        let (_, _, h1, w1) = out1.dims4()?;
+        let out1 = self
+            .merge1
+            .forward(&(out1 + out2.upsample_nearest2d(h1, w1)?)?)?;
+        Ok([out1, out2, out3])
+    }
+}
+
+/// Single-stage headless context module: 3x3, 5x5 and 7x7 receptive fields, concatenated.
+///
+/// The final ReLU over the concatenation is fused into the three branch outputs.
+struct Ssh {
+    conv3x3: FusedConv2d,
+    conv5x5_1: FusedConv2d,
+    conv5x5_2: FusedConv2d,
+    conv7x7_2: FusedConv2d,
+    conv7x7_3: FusedConv2d,
+}
+
+impl Ssh {
+    fn new(vb: VarBuilder) -> Result<Self> {
+        let g = ConvGeometry::new(1, 1, 1);
+        let leaky = Activation::LeakyRelu(LEAKY);
+        Ok(Self {
+            conv3x3: conv(&vb.pp("conv3X3.0"), g, Activation::Relu)?,
+            conv5x5_1: conv(&vb.pp("conv5X5_1.0"), g, leaky.clone())?,
+            conv5x5_2: conv(&vb.pp("conv5X5_2.0"), g, Activation::Relu)?,
+            conv7x7_2: conv(&vb.pp("conv7X7_2.0"), g, leaky)?,
+            conv7x7_3: conv(&vb.pp("conv7x7_3.0"), g, Activation::Relu)?,
+        })
+    }
+}
+
+impl Module for Ssh {
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let branch3 = self.conv3x3.forward(xs)?;
+        let mid = self.conv5x5_1.forward(xs)?;
+        let branch5 = self.conv5x5_2.forward(&mid)?;
+        let branch7 = self.conv7x7_3.forward(&self.conv7x7_2.forward(&mid)?)?;
+        Tensor::cat(&[branch3, branch5, branch7], 1)
+    }
+}
+
+/// Raw network outputs in the ONNX layout: `loc [1,A,4]`, `conf [1,A,2]` (softmaxed),
+/// `landmarks [1,A,10]`, anchors ordered level, row, column, anchor size.
+#[derive(Debug, Clone)]
+pub struct RawOutputs {
+    pub loc: Tensor,
+    pub conf: Tensor,
+    pub landmarks: Tensor,
+}
+
+/// The RetinaFace network.
+pub struct RetinaFace {
+    backbone: Backbone,
+    fpn: Fpn,
+    ssh: [Ssh; 3],
+    class_head: [FusedConv2d; 3],
+    bbox_head: [FusedConv2d; 3],
+    landmark_head: [FusedConv2d; 3],
+}
+
+impl RetinaFace {
+    /// Builds the network from converted weights.
+    pub fn new(vb: VarBuilder) -> Result<Self> {
+        let head = |name: &str| -> Result<[FusedConv2d; 3]> {
+            let g = ConvGeometry::new(1, 0, 1);
+            let vb = vb.pp(name);
+            Ok([
+                conv(&vb.pp("0"), g, Activation::Identity)?,
+                conv(&vb.pp("1"), g, Activation::Identity)?,
+                conv(&vb.pp("2"), g, Activation::Identity)?,
+            ])
+        };
+        Ok(Self {
+            backbone: Backbone::new(vb.pp("fx"))?,
+            fpn: Fpn::new(vb.pp("fpn"))?,
+            ssh: [
+                Ssh::new(vb.pp("ssh1"))?,
+                Ssh::new(vb.pp("ssh2"))?,
+                Ssh::new(vb.pp("ssh3"))?,
+            ],
+            class_head: head("class_head")?,
+            bbox_head: head("bbox_head")?,
+            landmark_head: head("landmark_head")?,
+        })
+    }
+
+    /// Runs the network on a `1x3xHxW` mean-subtracted BGR tensor.
+    pub fn forward(&self, xs: &Tensor) -> Result<RawOutputs> {
+        let features = self.backbone.forward(xs)?;
+        let pyramid = self.fpn.forward(&features)?;
+        let mut loc = Vec::with_capacity(3);
+        let mut conf = Vec::with_capacity(3);
+        let mut landmarks = Vec::with_capacity(3);
+        // (N, A*k, H, W) -> (N, H*W*A, k)
+        let flatten = |t: Tensor, k: usize| -> Result<Tensor> {
+            let n = t.dim(0)?;
+            t.permute((0, 2, 3, 1))?.contiguous()?.reshape((n, (), k))
+        };
+        for (level, feature) in pyramid.iter().enumerate() {
+            let x = self.ssh[level].forward(feature)?;
+            conf.push(flatten(self.class_head[level].forward(&x)?, 2)?);
+            loc.push(flatten(self.bbox_head[level].forward(&x)?, 4)?);
+            landmarks.push(flatten(self.landmark_head[level].forward(&x)?, 10)?);
+        }
+        Ok(RawOutputs {
+            loc: Tensor::cat(&loc, 1)?,
+            conf: candle_nn::ops::softmax(&Tensor::cat(&conf, 1)?, D::Minus1)?,
+            landmarks: Tensor::cat(&landmarks, 1)?,
+        })
+    }
+}
+
+/// One detected face in pixels of the image the detector saw.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Detection {
+    pub score: f32,
+    /// `[x1, y1, x2, y2]`.
+    pub bbox: [f32; 4],
+    /// Eye (image-left), eye (image-right), nose tip, mouth corner left, mouth corner right.
+    pub landmarks: [[f32; 2]; 5],
+    /// Index of the anchor the detection came from.
+    pub anchor: usize,
+}
+
+impl Detection {
+    /// Box width.
+    pub fn width(&self) -> f32 {
+        self.bbox[2] - self.bbox[0]
+    }
+
+    /// Box height.
+    pub fn height(&self) -> f32 {
+        self.bbox[3] - self.bbox[1]
+    }
+
+    /// The same detection with x coordinates multiplied by `sx` and y coordinates by `sy`.
+    pub fn scaled(&self, sx: f32, sy: f32) -> Self {
+        let [x1, y1, x2, y2] = self.bbox;
+        Self {
+            bbox: [x1 * sx, y1 * sy, x2 * sx, y2 * sy],
+            landmarks: self.landmarks.map(|[x, y]| [x * sx, y * sy]),
+            ..self.clone()
+        }
+    }
+}
+
+/// Anchor centres and sizes `(cx, cy, w, h)` in pixels for an `H x W` input, in output order.
+pub fn priors(height: usize, width: usize) -> Vec<[f32; 4]> {
+    let mut out = Vec::new();
+    for (level, &stride) in STRIDES.iter().enumerate() {
+        let (rows, cols) = (height.div_ceil(stride), width.div_ceil(stride));
+        for i in 0..rows {
+            for j in 0..cols {
+                for &size in &MIN_SIZES[level] {
+                    let cx = (j as f32 + 0.5) * stride as f32;
+                    let cy = (i as f32 + 0.5) * stride as f32;
+                    out.push([cx, cy, size, size]);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Decodes raw outputs into detections with score strictly above `score_threshold`, then greedy
+/// NMS dropping boxes with IoU strictly above `nms_iou`. Sorted by score, best first.
+pub fn decode(
+    raw: &RawOutputs,
+    height: usize,
+    width: usize,
+    score_threshold: f32,
+    nms_iou: f32,
+) -> Result<Vec<Detection>> {
+    let conf = raw.conf.squeeze(0)?.to_vec2::<f32>()?;
+    let loc = raw.loc.squeeze(0)?.to_vec2::<f32>()?;
+    let lms = raw.landmarks.squeeze(0)?.to_vec2::<f32>()?;
+    let priors = priors(height, width);
+    if priors.len() != conf.len() {
+        candle_core::bail!("{} anchors for {} outputs", priors.len(), conf.len());
+    }
+    let mut candidates: Vec<Detection> = Vec::new();
+    for (anchor, prior) in priors.iter().enumerate() {
+        let score = conf[anchor][1];
+        if score <= score_threshold {
+            continue;
+        }
+        let [pcx, pcy, pw, ph] = *prior;
+        let l = &loc[anchor];
+        let cx = pcx + l[0] * VARIANCE[0] * pw;
+        let cy = pcy + l[1] * VARIANCE[0] * ph;
+        let w = pw * (l[2] * VARIANCE[1]).exp();
+        let h = ph * (l[3] * VARIANCE[1]).exp();
+        let m = &lms[anchor];
+        let landmarks = std::array::from_fn(|k| {
+            [
+                pcx + m[2 * k] * VARIANCE[0] * pw,
+                pcy + m[2 * k + 1] * VARIANCE[0] * ph,
+            ]
+        });
+        candidates.push(Detection {
+            score,
+            bbox: [cx - w / 2.0, cy - h / 2.0, cx + w / 2.0, cy + h / 2.0],
+            landmarks,
+            anchor,
+        });
+    }
+    candidates.sort_by(|a, b| b.score.total_cmp(&a.score));
+    let mut kept: Vec<Detection> = Vec::new();
+    for candidate in candidates {
+        if kept
+            .iter()
+            .all(|k| iou(&k.bbox, &candidate.bbox) <= nms_iou)
+        {
+            kept.push(candidate);
+        }
+    }
+    Ok(kept)
+}
+
+/// Intersection over union of two `[x1, y1, x2, y2]` boxes.
+pub fn iou(a: &[f32; 4], b: &[f32; 4]) -> f32 {
+    let iw = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0);
+    let ih = (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);
+    let inter = iw * ih;
+    let area = |r: &[f32; 4]| (r[2] - r[0]) * (r[3] - r[1]);
+    let union = area(a) + area(b) - inter;
+    if union <= 0.0 {
+        0.0
+    } else {
+        inter / union
+    }
+}

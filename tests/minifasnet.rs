@@ -1,0 +1,330 @@
+//! The native MiniFASNet pair against two independent oracles, both read from `../shared`:
+//!
+//! - the ONNX exports (BatchNorm folded by the exporter) evaluated by `candle_onnx::simple_eval`,
+//!   on the same inputs: raw logits must agree to 1e-4;
+//! - `golden/golden.json`: logits computed by upstream's PyTorch code on the original `.pth`
+//!   checkpoints (see the JSON's `convention` and `note` and `../shared/README.md`) for three
+//!   synthetic 80x80 inputs defined in the JSON and for four real 80x80 crops saved as PNG: ours
+//!   must agree to 1e-3. The crops were cut with upstream's `CropImage` rule from the face boxes
+//!   of upstream's Caffe detector and resized with `cv2.resize` (INTER_LINEAR); the JSON records
+//!   each box and crop rectangle, which `imgproc::antispoof_crop_box` must reproduce.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Module, Tensor};
+use candle_nn::VarBuilder;
+use liveness::models::minifasnet::{live_probability, MiniFasNet, Variant, INPUT_SIZE};
+use serde_json::Value;
+
+const ONNX_TOLERANCE: f32 = 1e-4;
+const GOLDEN_TOLERANCE: f32 = 1e-3;
+
+fn shared() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/models/minifasnet")
+}
+
+/// The key of a variant in `golden.json`.
+fn golden_key(variant: Variant) -> &'static str {
+    match variant {
+        Variant::V2 => "v2",
+        Variant::V1Se => "v1se",
+    }
+}
+
+fn load(variant: Variant) -> MiniFasNet {
+    let file = match variant {
+        Variant::V2 => "minifasnet_v2_2.7_80x80.safetensors",
+        Variant::V1Se => "minifasnet_v1se_4.0_80x80.safetensors",
+    };
+    let path = shared().join(file);
+    // SAFETY: the shared model files are read-only and not modified while mapped.
+    let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&path], DType::F32, &Device::Cpu) }
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    MiniFasNet::new(vb, variant).unwrap()
+}
+
+fn onnx_path(variant: Variant) -> PathBuf {
+    shared().join("onnx").join(match variant {
+        Variant::V2 => "2.7_80x80_MiniFASNetV2.onnx",
+        // The original export uses GlobalAveragePool, which candle-onnx lacks.
+        Variant::V1Se => "minifasnet_v1se_4.0_80x80_reducemean.onnx",
+    })
+}
+
+fn golden() -> Value {
+    let path = shared().join("golden/golden.json");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap()
+}
+
+fn logits_of(entry: &Value) -> Vec<f32> {
+    entry["logits"]
+        .as_array()
+        .expect("logits array")
+        .iter()
+        .map(|v| v.as_f64().expect("logit") as f32)
+        .collect()
+}
+
+/// A `(1, 3, 80, 80)` BGR input from a per-pixel function `(channel, y, x) -> value`.
+fn image_from_fn(f: impl Fn(usize, usize, usize) -> f32) -> Tensor {
+    let n = INPUT_SIZE;
+    let data: Vec<f32> = (0..3 * n * n)
+        .map(|i| f(i / (n * n), i / n % n, i % n))
+        .collect();
+    Tensor::from_vec(data, (1, 3, n, n), &Device::Cpu).unwrap()
+}
+
+/// Rebuilds a synthetic golden input from its `definition` in golden.json (channel 0 = B).
+fn synthetic(name: &str, definition: &str) -> Tensor {
+    let x = match name {
+        // "every pixel B=G=R=128"
+        "uniform_128" => image_from_fn(|_, _, _| 128.0),
+        // "B = x*255//79, G = y*255//79, R = 100 (x = column, y = row, 0..79)"
+        "gradient_bgr" => image_from_fn(|c, y, x| match c {
+            0 => (x * 255 / 79) as f32,
+            1 => (y * 255 / 79) as f32,
+            _ => 100.0,
+        }),
+        // "8x8-pixel checkerboard, (x//8 + y//8) % 2 == 1 -> 255 else 0, all channels"
+        "checker_8px" => {
+            image_from_fn(|_, y, x| if (x / 8 + y / 8) % 2 == 1 { 255.0 } else { 0.0 })
+        }
+        _ => panic!("unknown synthetic input {name:?} ({definition}); teach the test to build it"),
+    };
+    eprintln!("synthetic {name}: {definition}");
+    x
+}
+
+/// Deterministic pseudo-random `(1, 3, 80, 80)` input, uniform in 0..255.
+fn random_image(seed: u64) -> Tensor {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let data: Vec<f32> = (0..3 * INPUT_SIZE * INPUT_SIZE)
+        .map(|_| {
+            // xorshift64*
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            let r = state.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 40;
+            r as f32 / (1u64 << 24) as f32 * 255.0
+        })
+        .collect();
+    Tensor::from_vec(data, (1, 3, INPUT_SIZE, INPUT_SIZE), &Device::Cpu).unwrap()
+}
+
+/// Reads a golden crop PNG as a `(1, 3, 80, 80)` BGR tensor.
+///
+/// The crops were written with `cv2.imwrite` from the BGR array fed to the network ("_bgr" in the
+/// name), so a standard PNG decoder returns ordinary RGB pixels; channel order is reversed here.
+fn crop_png(name: &str) -> Tensor {
+    let path = shared().join("golden").join(name);
+    let img = image::open(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .to_rgb8();
+    assert_eq!(
+        img.dimensions(),
+        (INPUT_SIZE as u32, INPUT_SIZE as u32),
+        "{name}"
+    );
+    image_from_fn(|c, y, x| img.get_pixel(x as u32, y as u32)[2 - c] as f32)
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+fn row(logits: &Tensor, i: usize) -> Vec<f32> {
+    logits.get(i).unwrap().to_vec1().unwrap()
+}
+
+#[test]
+fn matches_onnx_export() {
+    let golden = golden();
+    let definitions = golden["synthetic"].as_object().expect("synthetic inputs");
+    let mut inputs: Vec<(String, Tensor)> = (1..=3)
+        .map(|s| (format!("random #{s}"), random_image(s)))
+        .collect();
+    for (name, entry) in definitions {
+        let definition = entry["definition"].as_str().unwrap_or_default();
+        inputs.push((name.clone(), synthetic(name, definition)));
+    }
+    let batch = Tensor::cat(
+        &inputs.iter().map(|(_, x)| x.clone()).collect::<Vec<_>>(),
+        0,
+    )
+    .unwrap();
+    for variant in Variant::ALL {
+        let path = onnx_path(variant);
+        let onnx =
+            candle_onnx::read_file(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let graph = onnx.graph.as_ref().expect("ONNX graph");
+        let initializers: Vec<&str> = graph.initializer.iter().map(|t| t.name.as_str()).collect();
+        let graph_inputs: Vec<&str> = graph
+            .input
+            .iter()
+            .map(|i| i.name.as_str())
+            .filter(|n| !initializers.contains(n))
+            .collect();
+        assert_eq!(
+            graph_inputs.len(),
+            1,
+            "{variant:?} ONNX inputs: {graph_inputs:?}"
+        );
+        assert_eq!(
+            graph.output.len(),
+            1,
+            "{variant:?} ONNX has {} outputs",
+            graph.output.len()
+        );
+        let output_name = &graph.output[0].name;
+
+        let model = load(variant);
+        // One batched forward: also checks that batch rows do not interact.
+        let ours = model.forward(&batch).unwrap();
+        assert_eq!(ours.dims(), &[inputs.len(), 3]);
+        let mut worst = 0f32;
+        for (i, (name, x)) in inputs.iter().enumerate() {
+            let feeds = HashMap::from([(graph_inputs[0].to_string(), x.clone())]);
+            let mut outputs = candle_onnx::simple_eval(&onnx, feeds).unwrap();
+            let want = outputs
+                .remove(output_name)
+                .expect("ONNX output")
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            let got = row(&ours, i);
+            let diff = max_abs_diff(&got, &want);
+            eprintln!("{variant:?} {name}: ours {got:?} onnx {want:?} max diff {diff:e}");
+            assert!(
+                diff <= ONNX_TOLERANCE,
+                "{variant:?} {name}: ours {got:?} vs ONNX {want:?}"
+            );
+            worst = worst.max(diff);
+        }
+        eprintln!(
+            "{variant:?}: max abs diff vs ONNX {worst:e} over {} inputs",
+            inputs.len()
+        );
+    }
+}
+
+#[test]
+fn matches_pytorch_golden() {
+    let golden = golden();
+    let models = Variant::ALL.map(load);
+    let mut checked = 0;
+    for model in &models {
+        let key = golden_key(model.variant());
+        let mut worst = 0f32;
+        let mut check = |label: String, x: Tensor, want: Vec<f32>| {
+            let logits = model.forward(&x).unwrap();
+            let got = row(&logits, 0);
+            let diff = max_abs_diff(&got, &want);
+            eprintln!("{key} {label}: ours {got:?} pytorch {want:?} max diff {diff:e}");
+            assert!(
+                diff <= GOLDEN_TOLERANCE,
+                "{key} {label}: ours {got:?} vs PyTorch {want:?}"
+            );
+            worst = worst.max(diff);
+            checked += 1;
+        };
+        for (name, entry) in golden["synthetic"].as_object().expect("synthetic") {
+            let definition = entry["definition"].as_str().unwrap_or_default();
+            check(
+                name.clone(),
+                synthetic(name, definition),
+                logits_of(&entry[key]),
+            );
+        }
+        for (image, entry) in golden["crops"].as_object().expect("crops") {
+            let entry = &entry[key];
+            let png = entry["crop_png"].as_str().expect("crop_png");
+            check(format!("{image} ({png})"), crop_png(png), logits_of(entry));
+        }
+        eprintln!("{key}: max abs diff vs PyTorch {worst:e}");
+    }
+    // 3 synthetic inputs + 4 crops per model; fewer means the JSON changed under us.
+    assert_eq!(checked, 14);
+}
+
+#[test]
+fn live_probability_is_softmax_index_1() {
+    let golden = golden();
+    let mut checked = 0;
+    for (image, entry) in golden["crops"].as_object().expect("crops") {
+        let mut fused = 0.0;
+        for variant in Variant::ALL {
+            let entry = &entry[golden_key(variant)];
+            let logits = Tensor::new(logits_of(entry), &Device::Cpu)
+                .unwrap()
+                .unsqueeze(0)
+                .unwrap();
+            let want = entry["softmax"][1].as_f64().unwrap() as f32;
+            let got = live_probability(&logits).unwrap();
+            assert_eq!(got.len(), 1);
+            assert!(
+                (got[0] - want).abs() < 1e-6,
+                "{image} {variant:?}: {} vs {want}",
+                got[0]
+            );
+            fused += got[0] / 2.0;
+        }
+        let want = entry["fused_p_live"].as_f64().unwrap() as f32;
+        assert!(
+            (fused - want).abs() < 1e-6,
+            "{image}: fused {fused} vs {want}"
+        );
+        checked += 1;
+    }
+    assert_eq!(checked, 4);
+}
+
+#[test]
+fn rejects_mismatched_variant_and_input_size() {
+    let path = shared().join("minifasnet_v2_2.7_80x80.safetensors");
+    // SAFETY: as in `load`.
+    let vb =
+        unsafe { VarBuilder::from_mmaped_safetensors(&[&path], DType::F32, &Device::Cpu) }.unwrap();
+    assert!(
+        MiniFasNet::new(vb, Variant::V1Se).is_err(),
+        "V2 weights accepted as V1SE"
+    );
+    let model = load(Variant::V2);
+    let wrong = Tensor::zeros((1, 3, 96, 96), DType::F32, &Device::Cpu).unwrap();
+    assert!(model.forward(&wrong).is_err());
+}
+
+/// Single-threaded forward time per model; run with
+/// `cargo test --release --test minifasnet -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn forward_timing() {
+    let x = random_image(7);
+    for variant in Variant::ALL {
+        let model = load(variant);
+        for _ in 0..20 {
+            model.forward(&x).unwrap();
+        }
+        let runs = 200;
+        let mut times: Vec<f64> = (0..runs)
+            .map(|_| {
+                let t = std::time::Instant::now();
+                model.forward(&x).unwrap();
+                t.elapsed().as_secs_f64() * 1e3
+            })
+            .collect();
+        times.sort_by(f64::total_cmp);
+        eprintln!(
+            "{variant:?}: median {:.3} ms, min {:.3} ms per forward (batch 1, {} thread(s))",
+            times[runs / 2],
+            times[0],
+            liveness::nn::num_threads()
+        );
+    }
+}
