@@ -28,7 +28,11 @@ fn golden(file: &str) -> PathBuf {
 
 fn model(file: &str) -> PathBuf {
     let path = repo("models").join(file);
-    assert!(path.exists(), "{} missing: run `make models`", path.display());
+    assert!(
+        path.exists(),
+        "{} missing: run `make models`",
+        path.display()
+    );
     path
 }
 
@@ -130,7 +134,10 @@ fn network_matches_golden() {
         let logit_diff = (out.presence_logit as f64 - f64_at(case, "presence_logit")).abs();
         println!("{name}: landmarks max |diff| {max_diff:.3e} px, logit |diff| {logit_diff:.3e}");
         assert!(max_diff < 1e-3, "{name}: landmarks differ by {max_diff} px");
-        assert!(logit_diff < 1e-3, "{name}: presence logit differs by {logit_diff}");
+        assert!(
+            logit_diff < 1e-3,
+            "{name}: presence logit differs by {logit_diff}"
+        );
     }
 }
 
@@ -147,19 +154,24 @@ fn assert_pose_matches(name: &str, landmarks: &[[f32; 3]], want: &Value, angle_t
         assert!(diff < angle_tol, "{name}: {key} {got} vs {}", want[key]);
     }
     let rel = |got: f64, key: &str| (got - f64_at(want, key)).abs() / f64_at(want, key).abs();
-    assert!(rel(pose.scale, "scale_s") < 1e-5, "{name}: scale {}", pose.scale);
+    assert!(
+        rel(pose.scale, "scale_s") < 1e-5,
+        "{name}: scale {}",
+        pose.scale
+    );
     assert!(
         rel(pose.residual, "weighted_rms_residual") < 1e-4,
         "{name}: residual {}",
         pose.residual
     );
     let r = want["rotation_matrix_R"].as_array().unwrap();
-    for i in 0..3 {
+    for (i, row) in pose.rotation.iter().enumerate() {
         let t = want["translation_t"][i].as_f64().unwrap();
-        assert!((pose.translation[i] - t).abs() < 1e-2, "{name}: t {:?}", pose.translation);
-        for j in 0..3 {
-            let w = r[i][j].as_f64().unwrap();
-            assert!((pose.rotation[i][j] - w).abs() < 1e-5, "{name}: R {:?}", pose.rotation);
+        let t_diff = (pose.translation[i] - t).abs();
+        assert!(t_diff < 1e-2, "{name}: t {:?}", pose.translation);
+        for (j, got) in row.iter().enumerate() {
+            let r_diff = (got - r[i][j].as_f64().unwrap()).abs();
+            assert!(r_diff < 1e-5, "{name}: R {:?}", pose.rotation);
         }
     }
 }
@@ -202,7 +214,10 @@ fn converted_files_load_and_are_consistent() {
     assert!(ids.iter().all(|&i| i < NUM_LANDMARKS));
     // The golden's sum of the 33 Procrustes weights (from rounded decimal copies: 1.054997).
     let cases = cases();
-    let want = f64_at(&cases["cases"]["astronaut_crop_192"]["pose"], "sum_of_weights");
+    let want = f64_at(
+        &cases["cases"]["astronaut_crop_192"]["pose"],
+        "sum_of_weights",
+    );
     let weights = candle_nn::VarBuilder::from_buffered_safetensors(
         std::fs::read(model("face_geometry.safetensors")).unwrap(),
         candle_core::DType::F32,
@@ -217,10 +232,17 @@ fn converted_files_load_and_are_consistent() {
     .unwrap()
     .to_scalar::<f64>()
     .unwrap();
-    assert!((weights - want).abs() < 1e-5, "sum of weights {weights} vs {want}");
+    assert!(
+        (weights - want).abs() < 1e-5,
+        "sum of weights {weights} vs {want}"
+    );
     // The network loads and produces the documented shapes for a batch of two.
-    let x = Tensor::zeros((2, 3, INPUT_SIZE, INPUT_SIZE), candle_core::DType::F32, &Device::Cpu)
-        .unwrap();
+    let x = Tensor::zeros(
+        (2, 3, INPUT_SIZE, INPUT_SIZE),
+        candle_core::DType::F32,
+        &Device::Cpu,
+    )
+    .unwrap();
     let (landmarks, presence) = facemesh().forward(&x).unwrap();
     assert_eq!(landmarks.dims(), &[2, NUM_LANDMARKS, 3]);
     assert_eq!(presence.dims(), &[2]);
@@ -276,7 +298,10 @@ fn mesh_input_levels_the_eyes() {
     assert_input_is_golden_crop(&input);
     // A landmark at crop (10, 20) is at original (140, 41), i.e. turned (471, 140).
     let p = roi.to_image([10.0, 20.0, 0.0]);
-    assert!((p[0] - 471.0).abs() < 1e-3 && (p[1] - 140.0).abs() < 1e-3, "{p:?}");
+    assert!(
+        (p[0] - 471.0).abs() < 1e-3 && (p[1] - 140.0).abs() < 1e-3,
+        "{p:?}"
+    );
 }
 
 /// Single-threaded forward time (not an assertion):

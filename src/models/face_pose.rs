@@ -69,7 +69,9 @@ impl CanonicalFace {
                 .ok_or_else(|| candle_core::Error::Msg(format!("landmark id {id} out of range")))?;
             points.push([p[0] as f64, p[1] as f64, p[2] as f64]);
         }
-        if ids.len() < 3 || weights.iter().any(|w| !(*w >= 0.0)) || weights.iter().sum::<f64>() <= 0.0
+        if ids.len() < 3
+            || weights.iter().any(|w| w.is_nan() || *w < 0.0)
+            || weights.iter().sum::<f64>() <= 0.0
         {
             candle_core::bail!("invalid Procrustes basis");
         }
@@ -222,7 +224,8 @@ fn svd3(a: &Mat3) -> (Mat3, Vec3, Mat3) {
             break;
         }
     }
-    let norms = [0, 1, 2].map(|c| (b[0][c] * b[0][c] + b[1][c] * b[1][c] + b[2][c] * b[2][c]).sqrt());
+    let norms =
+        [0, 1, 2].map(|c| (b[0][c] * b[0][c] + b[1][c] * b[1][c] + b[2][c] * b[2][c]).sqrt());
     let mut order = [0, 1, 2];
     order.sort_by(|&i, &j| norms[j].total_cmp(&norms[i]));
     let sigma = order.map(|i| norms[i]);
@@ -255,7 +258,11 @@ fn orthonormal_to(a: Option<&Vec3>) -> Vec3 {
     let Some(a) = a else {
         return [1.0, 0.0, 0.0];
     };
-    let axis = if a[0].abs() < 0.9 { [1.0, 0.0, 0.0] } else { [0.0, 1.0, 0.0] };
+    let axis = if a[0].abs() < 0.9 {
+        [1.0, 0.0, 0.0]
+    } else {
+        [0.0, 1.0, 0.0]
+    };
     let c = cross(a, &axis);
     let n = dot(&c, &c).sqrt();
     c.map(|x| x / n)
@@ -267,12 +274,7 @@ mod tests {
 
     fn check_svd(a: &Mat3) {
         let (u, s, v) = svd3(a);
-        let mut us = u;
-        for r in 0..3 {
-            for c in 0..3 {
-                us[r][c] *= s[c];
-            }
-        }
+        let us = u.map(|row| [row[0] * s[0], row[1] * s[1], row[2] * s[2]]);
         let back = matmul(&us, &transpose(&v));
         for i in 0..3 {
             for j in 0..3 {
@@ -281,10 +283,10 @@ mod tests {
         }
         for m in [u, v] {
             let id = matmul(&transpose(&m), &m);
-            for i in 0..3 {
-                for j in 0..3 {
+            for (i, row) in id.iter().enumerate() {
+                for (j, x) in row.iter().enumerate() {
                     let want = if i == j { 1.0 } else { 0.0 };
-                    assert!((id[i][j] - want).abs() < 1e-9, "not orthogonal: {m:?}");
+                    assert!((x - want).abs() < 1e-9, "not orthogonal: {m:?}");
                 }
             }
         }
@@ -307,15 +309,31 @@ mod tests {
         let points: Vec<Vec3> = (0..12)
             .map(|i| {
                 let f = i as f64;
-                [(f * 1.3).sin() * 5.0, (f * 0.7).cos() * 4.0, (f * 2.1).sin() * 3.0]
+                [
+                    (f * 1.3).sin() * 5.0,
+                    (f * 0.7).cos() * 4.0,
+                    (f * 2.1).sin() * 3.0,
+                ]
             })
             .collect();
         let mut mesh = vec![[0f32; 3]; 468];
         let ids: Vec<usize> = (0..12).map(|i| i * 37).collect();
         let (yaw, pitch, roll) = (20f64.to_radians(), (-12f64).to_radians(), 7f64.to_radians());
-        let rx = [[1.0, 0.0, 0.0], [0.0, pitch.cos(), -pitch.sin()], [0.0, pitch.sin(), pitch.cos()]];
-        let ry = [[yaw.cos(), 0.0, yaw.sin()], [0.0, 1.0, 0.0], [-yaw.sin(), 0.0, yaw.cos()]];
-        let rz = [[roll.cos(), -roll.sin(), 0.0], [roll.sin(), roll.cos(), 0.0], [0.0, 0.0, 1.0]];
+        let rx = [
+            [1.0, 0.0, 0.0],
+            [0.0, pitch.cos(), -pitch.sin()],
+            [0.0, pitch.sin(), pitch.cos()],
+        ];
+        let ry = [
+            [yaw.cos(), 0.0, yaw.sin()],
+            [0.0, 1.0, 0.0],
+            [-yaw.sin(), 0.0, yaw.cos()],
+        ];
+        let rz = [
+            [roll.cos(), -roll.sin(), 0.0],
+            [roll.sin(), roll.cos(), 0.0],
+            [0.0, 0.0, 1.0],
+        ];
         let r = matmul(&rz, &matmul(&ry, &rx));
         for (p, &id) in points.iter().zip(&ids) {
             let q = apply(&r, p);
@@ -335,6 +353,9 @@ mod tests {
         assert!((pose.yaw_deg - 20.0).abs() < 1e-4, "{pose:?}");
         assert!((pose.pitch_deg + 12.0).abs() < 1e-4, "{pose:?}");
         assert!((pose.roll_deg - 7.0).abs() < 1e-4, "{pose:?}");
-        assert!((pose.scale - 3.0).abs() < 1e-5 && pose.residual < 1e-4, "{pose:?}");
+        assert!(
+            (pose.scale - 3.0).abs() < 1e-5 && pose.residual < 1e-4,
+            "{pose:?}"
+        );
     }
 }

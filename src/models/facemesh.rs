@@ -52,7 +52,9 @@ fn same_padding(size: usize, k: usize, s: usize) -> [usize; 4] {
 }
 
 fn prelu_slopes(vb: &VarBuilder, index: usize, channels: usize) -> Result<Vec<f32>> {
-    vb.pp(layer("p_re_lu", index)).get(channels, "alpha")?.to_vec1()
+    vb.pp(layer("p_re_lu", index))
+        .get(channels, "alpha")?
+        .to_vec1()
 }
 
 /// A `conv2d_N` layer (bias included) followed by the activation.
@@ -121,7 +123,9 @@ impl CustomOp2 for ResidualPRelu {
                         for y in 0..h {
                             let (r0, r1) = (&src[2 * y * ws..], &src[(2 * y + 1) * ws..]);
                             for (x, d) in dst[y * w..(y + 1) * w].iter_mut().enumerate() {
-                                let m = r0[2 * x].max(r0[2 * x + 1]).max(r1[2 * x].max(r1[2 * x + 1]));
+                                let m = r0[2 * x]
+                                    .max(r0[2 * x + 1])
+                                    .max(r1[2 * x].max(r1[2 * x + 1]));
                                 *d += m;
                             }
                         }

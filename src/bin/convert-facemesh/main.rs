@@ -23,7 +23,12 @@ use tflite::{OpKind, TensorInfo};
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+    match args
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
         ["landmarks", model, out] => landmarks(Path::new(model), Path::new(out)),
         ["geometry", data, loader, out] => geometry(data, loader, out, None),
         ["geometry", data, loader, out, "--entry-sha256", hex] => {
@@ -96,7 +101,11 @@ fn landmarks(model: &Path, out: &Path) -> Result<()> {
     for op in &graph.ops {
         let constant = |i: usize| -> Result<&TensorInfo> {
             let t = &graph.tensors[op.inputs[i]];
-            ensure!(!t.data.is_empty(), "input {i} ({}) is not a constant", t.name);
+            ensure!(
+                !t.data.is_empty(),
+                "input {i} ({}) is not a constant",
+                t.name
+            );
             Ok(t)
         };
         match op.kind {
@@ -156,7 +165,10 @@ fn landmarks(model: &Path, out: &Path) -> Result<()> {
                 stride,
                 filter,
                 padding,
-            } => eprintln!("{:<22} {filter}x{filter} stride {stride} {padding:?}", "max_pool_2d"),
+            } => eprintln!(
+                "{:<22} {filter}x{filter} stride {stride} {padding:?}",
+                "max_pool_2d"
+            ),
             OpKind::Add | OpKind::Reshape => {}
         }
     }
@@ -204,7 +216,10 @@ fn geometry(data: &str, loader: &str, out: &str, entry_sha256: Option<&str>) -> 
         .map(|b| format!("{b:02x}"))
         .collect();
     if let Some(want) = entry_sha256 {
-        ensure!(digest == want, "{GEOMETRY_ENTRY}: sha256 {digest}, expected {want}");
+        ensure!(
+            digest == want,
+            "{GEOMETRY_ENTRY}: sha256 {digest}, expected {want}"
+        );
     }
 
     let metadata = proto::fields(bytes)?;
@@ -212,10 +227,20 @@ fn geometry(data: &str, loader: &str, out: &str, entry_sha256: Option<&str>) -> 
     ensure!(meshes.len() == 1, "expected one canonical mesh");
     let mesh = proto::fields(meshes[0])?;
     // Mesh3d.VertexType VERTEX_PT = 0: (x, y, z, u, v) per vertex.
-    ensure!(proto::varint_field(&mesh, 1, 0)? == 0, "vertex type is not VERTEX_PT");
+    ensure!(
+        proto::varint_field(&mesh, 1, 0)? == 0,
+        "vertex type is not VERTEX_PT"
+    );
     let vertices = proto::floats(&mesh, 3)?;
-    ensure!(vertices.len() == 468 * 5, "{} vertex floats", vertices.len());
-    let xyz: Vec<f32> = vertices.chunks_exact(5).flat_map(|v| [v[0], v[1], v[2]]).collect();
+    ensure!(
+        vertices.len() == 468 * 5,
+        "{} vertex floats",
+        vertices.len()
+    );
+    let xyz: Vec<f32> = vertices
+        .chunks_exact(5)
+        .flat_map(|v| [v[0], v[1], v[2]])
+        .collect();
 
     let mut ids = Vec::new();
     let mut weights = Vec::new();

@@ -17,19 +17,26 @@ struct Table<'a> {
 }
 
 fn read_u32(buf: &[u8], pos: usize) -> Result<u32> {
-    let bytes = buf.get(pos..pos + 4).context("flatbuffer read past the end")?;
+    let bytes = buf
+        .get(pos..pos + 4)
+        .context("flatbuffer read past the end")?;
     Ok(u32::from_le_bytes(bytes.try_into()?))
 }
 
 fn read_u16(buf: &[u8], pos: usize) -> Result<u16> {
-    let bytes = buf.get(pos..pos + 2).context("flatbuffer read past the end")?;
+    let bytes = buf
+        .get(pos..pos + 2)
+        .context("flatbuffer read past the end")?;
     Ok(u16::from_le_bytes(bytes.try_into()?))
 }
 
 impl<'a> Table<'a> {
     fn root(buf: &'a [u8]) -> Result<Self> {
         let pos = read_u32(buf, 0)? as usize;
-        ensure!(buf.get(4..8) == Some(b"TFL3"), "not a TFLite (TFL3) flatbuffer");
+        ensure!(
+            buf.get(4..8) == Some(b"TFL3"),
+            "not a TFLite (TFL3) flatbuffer"
+        );
         Ok(Self { buf, pos })
     }
 
@@ -59,7 +66,11 @@ impl<'a> Table<'a> {
 
     fn scalar_u8(&self, index: usize, default: u8) -> Result<u8> {
         match self.field(index)? {
-            Some(p) => self.buf.get(p).copied().context("flatbuffer read past the end"),
+            Some(p) => self
+                .buf
+                .get(p)
+                .copied()
+                .context("flatbuffer read past the end"),
             None => Ok(default),
         }
     }
@@ -141,9 +152,19 @@ pub enum Padding {
 /// The builtin operators this model uses, with the options we need.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OpKind {
-    Conv2d { stride: usize, padding: Padding },
-    DepthwiseConv2d { stride: usize, padding: Padding },
-    MaxPool2d { stride: usize, filter: usize, padding: Padding },
+    Conv2d {
+        stride: usize,
+        padding: Padding,
+    },
+    DepthwiseConv2d {
+        stride: usize,
+        padding: Padding,
+    },
+    MaxPool2d {
+        stride: usize,
+        filter: usize,
+        padding: Padding,
+    },
     PRelu,
     Add,
     Pad,
@@ -201,7 +222,11 @@ pub fn parse(buf: &[u8]) -> Result<Graph> {
         .collect::<Result<_>>()?;
     let buffers = model.tables(4)?;
     let subgraphs = model.tables(2)?;
-    ensure!(subgraphs.len() == 1, "expected one subgraph, found {}", subgraphs.len());
+    ensure!(
+        subgraphs.len() == 1,
+        "expected one subgraph, found {}",
+        subgraphs.len()
+    );
     let graph = subgraphs[0];
 
     let mut tensors = Vec::new();
@@ -233,7 +258,11 @@ pub fn parse(buf: &[u8]) -> Result<Graph> {
         };
         if !data.is_empty() {
             let n: usize = shape.iter().product();
-            ensure!(data.len() == n, "tensor {name}: {} values for shape {shape:?}", data.len());
+            ensure!(
+                data.len() == n,
+                "tensor {name}: {} values for shape {shape:?}",
+                data.len()
+            );
         }
         tensors.push(TensorInfo { name, shape, data });
     }
@@ -252,8 +281,14 @@ pub fn parse(buf: &[u8]) -> Result<Graph> {
         let kind = match code {
             CONV_2D => {
                 let t = opt()?;
-                ensure!(t.scalar_u8(3, 0)? == ACT_NONE, "fused activation on CONV_2D");
-                ensure!(t.scalar_i32(4, 1)? == 1 && t.scalar_i32(5, 1)? == 1, "dilated conv");
+                ensure!(
+                    t.scalar_u8(3, 0)? == ACT_NONE,
+                    "fused activation on CONV_2D"
+                );
+                ensure!(
+                    t.scalar_i32(4, 1)? == 1 && t.scalar_i32(5, 1)? == 1,
+                    "dilated conv"
+                );
                 OpKind::Conv2d {
                     stride: square(t.scalar_i32(1, 1)?, t.scalar_i32(2, 1)?)?,
                     padding: padding(t.scalar_u8(0, 0)?)?,
@@ -262,8 +297,14 @@ pub fn parse(buf: &[u8]) -> Result<Graph> {
             DEPTHWISE_CONV_2D => {
                 let t = opt()?;
                 ensure!(t.scalar_i32(3, 1)? == 1, "depth multiplier != 1");
-                ensure!(t.scalar_u8(4, 0)? == ACT_NONE, "fused activation on depthwise");
-                ensure!(t.scalar_i32(5, 1)? == 1 && t.scalar_i32(6, 1)? == 1, "dilated conv");
+                ensure!(
+                    t.scalar_u8(4, 0)? == ACT_NONE,
+                    "fused activation on depthwise"
+                );
+                ensure!(
+                    t.scalar_i32(5, 1)? == 1 && t.scalar_i32(6, 1)? == 1,
+                    "dilated conv"
+                );
                 OpKind::DepthwiseConv2d {
                     stride: square(t.scalar_i32(1, 1)?, t.scalar_i32(2, 1)?)?,
                     padding: padding(t.scalar_u8(0, 0)?)?,
