@@ -102,43 +102,46 @@ impl CustomOp2 for ResidualPRelu {
                 l2.shape()
             );
         }
-        let slice = |s: &'_ CpuStorage, l: &Layout| -> Result<Vec<f32>> {
+        fn contiguous<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
             match (s, l.contiguous_offsets()) {
-                (CpuStorage::F32(d), Some((a, b))) => Ok(d[a..b].to_vec()),
+                (CpuStorage::F32(d), Some((a, b))) => Ok(&d[a..b]),
                 _ => candle_core::bail!("residual expects contiguous f32 inputs"),
             }
-        };
-        let mut out = slice(s1, l1)?;
-        let shortcut = match (s2, l2.contiguous_offsets()) {
-            (CpuStorage::F32(d), Some((a, b))) => &d[a..b],
-            _ => candle_core::bail!("residual expects contiguous f32 inputs"),
-        };
+        }
+        let (branch, shortcut) = (contiguous(s1, l1)?, contiguous(s2, l2)?);
+        // Written as a select (not a conditional store) so that it vectorises.
+        let prelu = |v: f32, a: f32| if v < 0.0 { v * a } else { v };
         let plane = h * w;
-        for b in 0..n {
-            for ch in 0..c {
-                let dst = &mut out[(b * c + ch) * plane..][..plane];
-                if ch < cs {
-                    let src = &shortcut[(b * cs + ch) * hs * ws..][..hs * ws];
-                    if self.pool {
-                        for y in 0..h {
-                            let (r0, r1) = (&src[2 * y * ws..], &src[(2 * y + 1) * ws..]);
-                            for (x, d) in dst[y * w..(y + 1) * w].iter_mut().enumerate() {
-                                let m = r0[2 * x]
-                                    .max(r0[2 * x + 1])
-                                    .max(r1[2 * x].max(r1[2 * x + 1]));
-                                *d += m;
-                            }
-                        }
-                    } else {
-                        dst.iter_mut().zip(src).for_each(|(d, s)| *d += s);
+        let mut out = vec![0f32; n * c * plane];
+        for (i, (dst, src)) in out
+            .chunks_exact_mut(plane)
+            .zip(branch.chunks_exact(plane))
+            .enumerate()
+        {
+            let (b, ch) = (i / c, i % c);
+            let a = self.slopes[ch];
+            if ch >= cs {
+                // Channel padding: the shortcut contributes zeros.
+                dst.iter_mut().zip(src).for_each(|(d, &v)| *d = prelu(v, a));
+                continue;
+            }
+            let short = &shortcut[(b * cs + ch) * hs * ws..][..hs * ws];
+            if self.pool {
+                for y in 0..h {
+                    let r0 = &short[2 * y * ws..][..2 * w];
+                    let r1 = &short[(2 * y + 1) * ws..][..2 * w];
+                    let row = dst[y * w..(y + 1) * w]
+                        .iter_mut()
+                        .zip(&src[y * w..(y + 1) * w])
+                        .zip(r0.chunks_exact(2).zip(r1.chunks_exact(2)));
+                    for ((d, &v), (p0, p1)) in row {
+                        *d = prelu(v + p0[0].max(p0[1]).max(p1[0].max(p1[1])), a);
                     }
                 }
-                let a = self.slopes[ch];
-                dst.iter_mut().for_each(|v| {
-                    if *v < 0.0 {
-                        *v *= a
-                    }
-                });
+            } else {
+                for ((d, &v), &s) in dst.iter_mut().zip(src).zip(short) {
+                    *d = prelu(v + s, a);
+                }
             }
         }
         Ok((CpuStorage::F32(out), Shape::from((n, c, h, w))))
