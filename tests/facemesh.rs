@@ -331,3 +331,58 @@ fn forward_time_single_thread() {
         times[runs * 9 / 10]
     );
 }
+
+/// Pose survey of `../shared/data/faces-dev` (not an assertion): RetinaFace (long side 640) finds
+/// the best face, FaceMesh + pose run on it; prints one line per image and the median angles of
+/// the live images, the basis for the pitch zero of the FACE_ANGLE_TOO_LARGE gate.
+/// `cargo test --release --test facemesh dev_set -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn dev_set_pose_survey() {
+    use liveness::detector::FaceDetector;
+    use liveness::image_io::{decode_rgb, DecodeLimits};
+    let detector = FaceDetector::load(&model("retinaface_mnet025.safetensors")).unwrap();
+    let (net, face) = (facemesh(), canonical());
+    let dir = repo("../shared/data/faces-dev");
+    let labels = std::fs::read_to_string(dir.join("labels.csv")).unwrap();
+    let mut live_angles = Vec::new();
+    for line in labels.lines().skip(1) {
+        let fields: Vec<&str> = line.splitn(4, ',').collect();
+        let (file, label, expected) = (fields[0], fields[1], fields[2]);
+        let img = decode_rgb(
+            &std::fs::read(dir.join(file)).unwrap(),
+            DecodeLimits::default(),
+        );
+        let Ok(img) = img else {
+            println!("{file:<44} {label:<5} undecodable");
+            continue;
+        };
+        let Some(det) = detector.detect(&img, 640, 0.5).unwrap().into_iter().next() else {
+            println!("{file:<44} {label:<5} no face {expected}");
+            continue;
+        };
+        let [left_eye, right_eye, ..] = det.landmarks;
+        let (input, _) = mesh_input(&img, det.bbox, left_eye, right_eye).unwrap();
+        let out = net.run(&input).unwrap();
+        let pose = face.fit(&out.landmarks).unwrap();
+        println!(
+            "{file:<44} {label:<5} yaw {:+7.2} pitch {:+7.2} roll {:+7.2} presence {:+7.2} residual {:.2} {expected}",
+            pose.yaw_deg, pose.pitch_deg, pose.roll_deg, out.presence_logit, pose.residual
+        );
+        if label == "live" {
+            live_angles.push([pose.yaw_deg, pose.pitch_deg, pose.roll_deg]);
+        }
+    }
+    let median = |k: usize| {
+        let mut v: Vec<f64> = live_angles.iter().map(|a| a[k]).collect();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    println!(
+        "live ({}): median yaw {:+.2}, pitch {:+.2}, roll {:+.2}",
+        live_angles.len(),
+        median(0),
+        median(1),
+        median(2)
+    );
+}
