@@ -330,6 +330,14 @@ fn forward_time_single_thread() {
         times[runs / 10],
         times[runs * 9 / 10]
     );
+    let img = png_rgb("astronaut_512.png");
+    let start = std::time::Instant::now();
+    for _ in 0..runs {
+        // A tilted eye line, so the rotated sampling path is timed.
+        mesh_input(&img, ASTRONAUT_BOX, [200.0, 95.0], [250.0, 105.0]).unwrap();
+    }
+    let per_call = start.elapsed().as_secs_f64() * 1e3 / runs as f64;
+    println!("mesh_input (rotated ROI, bilinear 192x192): {per_call:.3} ms");
 }
 
 /// Pose survey of `../shared/data/faces-dev` (not an assertion): RetinaFace (long side 640) finds

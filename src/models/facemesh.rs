@@ -398,6 +398,17 @@ impl RoiTransform {
     }
 }
 
+/// `x.floor() as i64` without a libm call (baseline x86-64 has no rounding instruction).
+#[inline]
+fn floor(x: f64) -> i64 {
+    let t = x as i64;
+    if (t as f64) > x {
+        t - 1
+    } else {
+        t
+    }
+}
+
 /// Builds the FaceMesh input for one detected face: a square ROI of [`ROI_SCALE`] x the longer
 /// side of `face_ltrb` around the box centre, rotated so that the line from `left_eye` to
 /// `right_eye` (the detector's image-left and image-right eyes) is horizontal, sampled bilinearly
@@ -420,26 +431,33 @@ pub fn mesh_input(
     }
     let (w, h) = (img.width() as i64, img.height() as i64);
     let raw = img.as_raw();
-    let pixel = |x: i64, y: i64, c: usize| -> f32 {
+    let pixel = |x: i64, y: i64| -> [f32; 3] {
         if x < 0 || y < 0 || x >= w || y >= h {
-            0.0
+            [0.0; 3]
         } else {
-            raw[((y * w + x) * 3) as usize + c] as f32
+            let i = ((y * w + x) * 3) as usize;
+            [raw[i] as f32, raw[i + 1] as f32, raw[i + 2] as f32]
         }
     };
     let plane = INPUT_SIZE * INPUT_SIZE;
     let mut out = vec![0f32; 3 * plane];
+    // Image position of crop pixel (u, v)'s centre = origin + u * step_u + v * step_v; sampling
+    // is at pixel-centre positions (image pixel i has its centre at i + 0.5, hence the -0.5).
+    let origin = roi.to_image([0.5, 0.5, 0.0]).map(|c| c as f64 - 0.5);
+    let k = roi.size as f64 / INPUT_SIZE as f64;
+    let (sin, cos) = (roi.angle as f64).sin_cos();
+    let (step_u, step_v) = ([k * cos, k * sin], [-k * sin, k * cos]);
     for v in 0..INPUT_SIZE {
         for u in 0..INPUT_SIZE {
-            let p = roi.to_image([u as f32 + 0.5, v as f32 + 0.5, 0.0]);
-            // Sample at the pixel-centre position: pixel i has its centre at i + 0.5.
-            let (x, y) = (p[0] as f64 - 0.5, p[1] as f64 - 0.5);
-            let (x0, y0) = (x.floor(), y.floor());
-            let (fx, fy) = ((x - x0) as f32, (y - y0) as f32);
-            let (x0, y0) = (x0 as i64, y0 as i64);
+            let x = origin[0] + u as f64 * step_u[0] + v as f64 * step_v[0];
+            let y = origin[1] + u as f64 * step_u[1] + v as f64 * step_v[1];
+            let (x0, y0) = (floor(x), floor(y));
+            let (fx, fy) = ((x - x0 as f64) as f32, (y - y0 as f64) as f32);
+            let (p00, p10) = (pixel(x0, y0), pixel(x0 + 1, y0));
+            let (p01, p11) = (pixel(x0, y0 + 1), pixel(x0 + 1, y0 + 1));
             for c in 0..3 {
-                let top = pixel(x0, y0, c) * (1.0 - fx) + pixel(x0 + 1, y0, c) * fx;
-                let bottom = pixel(x0, y0 + 1, c) * (1.0 - fx) + pixel(x0 + 1, y0 + 1, c) * fx;
+                let top = p00[c] * (1.0 - fx) + p10[c] * fx;
+                let bottom = p01[c] * (1.0 - fx) + p11[c] * fx;
                 out[c * plane + v * INPUT_SIZE + u] = (top * (1.0 - fy) + bottom * fy) / 255.0;
             }
         }
@@ -458,6 +476,13 @@ mod tests {
         assert_eq!(same_padding(96, 3, 1), [1, 1, 1, 1]);
         assert_eq!(same_padding(7, 3, 2), [1, 1, 1, 1]);
         assert_eq!(same_padding(3, 3, 3), [0, 0, 0, 0]);
+    }
+
+    #[test]
+    fn floor_matches_std() {
+        for x in [-2.5, -1.0, -0.5, -0.0, 0.0, 0.25, 1.0, 2.7, 191.99] {
+            assert_eq!(floor(x), x.floor() as i64, "{x}");
+        }
     }
 
     #[test]
