@@ -62,6 +62,24 @@ pub struct GateConfig {
     /// ...or the anti-spoof context crop cannot reach this scale of the face box
     /// (`LIVENESS_MIN_CROP_SCALE`; upstream asks for 2.7 and 4.0 and settles for less).
     pub min_crop_scale: f32,
+    /// FaceMesh face-presence probability below which a detection is treated as a false face
+    /// (FACE_NOT_FOUND) (`LIVENESS_MIN_FACE_PRESENCE`).
+    pub min_face_presence: f32,
+    /// FACE_ANGLE_TOO_LARGE when |yaw| exceeds this, degrees (`LIVENESS_MAX_YAW_DEG`)...
+    pub max_yaw_deg: f32,
+    /// ...or |pitch - pitch_zero| exceeds this, degrees (`LIVENESS_MAX_PITCH_DEG`).
+    pub max_pitch_deg: f32,
+    /// Pitch a frontal face reads with the Procrustes fit, degrees (`LIVENESS_PITCH_ZERO_DEG`).
+    pub pitch_zero_deg: f32,
+    /// FACE_IS_OCCLUDED when the mask classifier's P(mask) reaches this (`LIVENESS_MASK_THRESHOLD`).
+    pub mask_threshold: f32,
+    /// When no face reaches `face_min_score`, a candidate down to this detector score is still
+    /// shown to the mask classifier, since RetinaFace under-scores masked faces
+    /// (`LIVENESS_MASKED_FACE_MIN_SCORE`).
+    pub masked_face_min_score: f32,
+    /// P(mask) such a low-score candidate needs to be answered FACE_IS_OCCLUDED instead of
+    /// FACE_NOT_FOUND (`LIVENESS_MASKED_FACE_MASK_THRESHOLD`).
+    pub masked_face_mask_threshold: f32,
 }
 
 impl Default for GateConfig {
@@ -78,6 +96,13 @@ impl Default for GateConfig {
             min_face_fraction: 0.20,
             max_face_area_fraction: 0.40,
             min_crop_scale: 1.10,
+            min_face_presence: 0.5,
+            max_yaw_deg: 30.0,
+            max_pitch_deg: 30.0,
+            pitch_zero_deg: 0.0,
+            mask_threshold: 0.5,
+            masked_face_min_score: 0.2,
+            masked_face_mask_threshold: 0.9,
         }
     }
 }
@@ -164,6 +189,19 @@ impl PipelineConfig {
                     d.gate.max_face_area_fraction,
                 )?,
                 min_crop_scale: env_or("LIVENESS_MIN_CROP_SCALE", d.gate.min_crop_scale)?,
+                min_face_presence: env_or("LIVENESS_MIN_FACE_PRESENCE", d.gate.min_face_presence)?,
+                max_yaw_deg: env_or("LIVENESS_MAX_YAW_DEG", d.gate.max_yaw_deg)?,
+                max_pitch_deg: env_or("LIVENESS_MAX_PITCH_DEG", d.gate.max_pitch_deg)?,
+                pitch_zero_deg: env_or("LIVENESS_PITCH_ZERO_DEG", d.gate.pitch_zero_deg)?,
+                mask_threshold: env_or("LIVENESS_MASK_THRESHOLD", d.gate.mask_threshold)?,
+                masked_face_min_score: env_or(
+                    "LIVENESS_MASKED_FACE_MIN_SCORE",
+                    d.gate.masked_face_min_score,
+                )?,
+                masked_face_mask_threshold: env_or(
+                    "LIVENESS_MASKED_FACE_MASK_THRESHOLD",
+                    d.gate.masked_face_mask_threshold,
+                )?,
             },
         };
         config.validate()?;
