@@ -3,6 +3,7 @@
 //! The pipeline is `decode -> detect (RetinaFace) -> quality gate -> score (MiniFASNet pair)`.
 //! Networks run as native candle code with the hand-written kernels in [`nn`].
 
+pub mod api;
 pub mod config;
 pub mod detector;
 pub mod eval;

@@ -52,6 +52,12 @@ enum Command {
         #[arg(long, default_value_t = 50)]
         iterations: usize,
     },
+    /// Serve the HTTP API locally (same router as the Lambda); see docs/api.md.
+    Serve {
+        /// TCP port on LIVENESS_BIND_ADDR (default 127.0.0.1).
+        #[arg(long, default_value_t = 3000)]
+        port: u16,
+    },
 }
 
 fn main() -> Result<()> {
@@ -73,7 +79,17 @@ fn main() -> Result<()> {
             eval(config, &dir, json.as_deref())
         }
         Command::Bench { image, iterations } => bench(config, &image, iterations),
+        Command::Serve { port } => serve(config, port),
     }
+}
+
+fn serve(config: PipelineConfig, port: u16) -> Result<()> {
+    liveness::api::init_tracing(false);
+    let api_config = liveness::api::ApiConfig::from_env()?;
+    let pipeline = std::sync::Arc::new(Pipeline::load(config)?);
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(liveness::api::server::serve(pipeline, api_config, port))?;
+    Ok(())
 }
 
 /// The API's response body for an assessment.

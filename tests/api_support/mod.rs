@@ -1,0 +1,208 @@
+//! Shared helpers of the API integration tests: a real `moto_server` (Secrets Manager), the real
+//! pipeline with the project's models, real dev images from `../shared`, HTTP helpers.
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use aws_sdk_secretsmanager::config::{BehaviorVersion, Credentials, Region};
+use base64::Engine;
+use liveness::config::PipelineConfig;
+use liveness::pipeline::Pipeline;
+
+/// The crate root.
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Models: `LIVENESS_MODEL_DIR` if set, else the project's own `models/`.
+pub fn model_dir() -> PathBuf {
+    std::env::var_os("LIVENESS_MODEL_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("models"))
+}
+
+/// A development image from `../shared/data/faces-dev` (read-only, never copied into the repo).
+pub fn dev_image(name: &str) -> Vec<u8> {
+    let path = repo_root().join("../shared/data/faces-dev").join(name);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
+}
+
+/// A live dev image the pipeline scores >= 0.5.
+pub const LIVE_IMAGE: &str = "live_siwm_001.jpg";
+/// A spoof dev image the pipeline scores < 0.5.
+pub const SPOOF_IMAGE: &str = "spoof_celebaspoof_004.jpg";
+
+/// Standard base64 of a dev image.
+pub fn dev_image_b64(name: &str) -> String {
+    base64::engine::general_purpose::STANDARD.encode(dev_image(name))
+}
+
+/// The pipeline configuration used by the tests (the project's defaults, models from [`model_dir`]).
+pub fn pipeline_config() -> PipelineConfig {
+    PipelineConfig {
+        model_dir: model_dir(),
+        ..PipelineConfig::default()
+    }
+}
+
+/// The real pipeline, loaded once per test binary.
+pub fn pipeline() -> Arc<Pipeline> {
+    static PIPELINE: OnceLock<Arc<Pipeline>> = OnceLock::new();
+    PIPELINE
+        .get_or_init(|| {
+            Arc::new(Pipeline::load(pipeline_config()).expect("pipeline loads from the model dir"))
+        })
+        .clone()
+}
+
+/// A free loopback port (bound then released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `Authorization: Basic ...` value.
+pub fn basic(user: &str, pass: &str) -> String {
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"))
+    )
+}
+
+/// A JSON request body.
+pub fn body(session_id: &str, face_image_base: &str) -> String {
+    serde_json::json!({ "sessionId": session_id, "faceImageBase": face_image_base }).to_string()
+}
+
+/// A `moto_server` from the project's `.venv`, on a free loopback port. Stopped on drop, and by a
+/// shell guard when the test process ends (its stdin closes).
+pub struct Moto {
+    guard: Option<Child>,
+    stdin: Option<ChildStdin>,
+    /// `http://127.0.0.1:PORT`
+    pub endpoint: String,
+}
+
+impl Moto {
+    /// Starts moto and waits until it answers.
+    pub fn start() -> Self {
+        let bin = repo_root().join(".venv/bin/moto_server");
+        assert!(bin.exists(), "{} missing: run `make venv`", bin.display());
+        let port = free_port();
+        let mut guard = Command::new("sh")
+            .arg("-c")
+            .arg(r#""$0" -H 127.0.0.1 -p "$1" >/dev/null 2>&1 & child=$!; read -r _; kill "$child"; wait "$child""#)
+            .arg(&bin)
+            .arg(port.to_string())
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("spawn moto_server");
+        let stdin = guard.stdin.take();
+        let endpoint = format!("http://127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "moto_server did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Self {
+            guard: Some(guard),
+            stdin,
+            endpoint,
+        }
+    }
+
+    /// A real Secrets Manager client pointed at this moto.
+    pub fn client(&self) -> aws_sdk_secretsmanager::Client {
+        client_for(&self.endpoint)
+    }
+
+    /// Stops moto (Secrets Manager becomes unreachable) and waits for it to exit.
+    pub fn stop(&mut self) {
+        if let Some(mut stdin) = self.stdin.take() {
+            let _ = stdin.write_all(b"\n");
+        }
+        if let Some(mut guard) = self.guard.take() {
+            let _ = guard.wait();
+        }
+    }
+
+    /// Environment for a child process that should use this moto via the default AWS chain.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ENDPOINT_URL", self.endpoint.clone()),
+            ("AWS_REGION", "us-east-1".into()),
+            ("AWS_ACCESS_KEY_ID", "testing".into()),
+            ("AWS_SECRET_ACCESS_KEY", "testing".into()),
+            ("AWS_EC2_METADATA_DISABLED", "true".into()),
+        ]
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A Secrets Manager client for `endpoint` with dummy keys; no retries and short timeouts, like
+/// the service's own client, so an unreachable endpoint fails fast.
+pub fn client_for(endpoint: &str) -> aws_sdk_secretsmanager::Client {
+    let config = aws_sdk_secretsmanager::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .endpoint_url(endpoint)
+        .credentials_provider(Credentials::new("testing", "testing", None, None, "tests"))
+        .retry_config(aws_sdk_secretsmanager::config::retry::RetryConfig::disabled())
+        .timeout_config(
+            aws_sdk_secretsmanager::config::timeout::TimeoutConfig::builder()
+                .connect_timeout(Duration::from_secs(1))
+                .operation_timeout(Duration::from_secs(3))
+                .build(),
+        )
+        .build();
+    aws_sdk_secretsmanager::Client::from_conf(config)
+}
+
+/// Creates a secret with `{"username": user, "password": pass}`; returns its ARN.
+pub async fn create_secret(
+    client: &aws_sdk_secretsmanager::Client,
+    name: &str,
+    secret: serde_json::Value,
+) -> String {
+    let out = client
+        .create_secret()
+        .name(name)
+        .secret_string(secret.to_string())
+        .send()
+        .await
+        .expect("create secret in moto");
+    out.arn().expect("arn").to_owned()
+}
+
+/// Replaces the secret's value (a rotation).
+pub async fn rotate_secret(
+    client: &aws_sdk_secretsmanager::Client,
+    id: &str,
+    secret: serde_json::Value,
+) {
+    client
+        .put_secret_value()
+        .secret_id(id)
+        .secret_string(secret.to_string())
+        .send()
+        .await
+        .expect("put secret value");
+}
+
+/// A loopback address for a listener.
+pub fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
