@@ -241,6 +241,7 @@ fn bench(config: PipelineConfig, image: &Path, iterations: usize) -> Result<()> 
             samples.push([
                 t.decode_ms,
                 t.detect_ms,
+                t.gate_ms,
                 t.crop_ms,
                 t.classify_ms,
                 t.total_ms,
