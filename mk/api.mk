@@ -1,15 +1,24 @@
-# HTTP API / Lambda targets (issue 3). Included from the main Makefile.
+# HTTP API / Lambda targets (issue 3). Included from the main Makefile; see docs/api.md.
 #
-#   make venv          Python tools into .venv/ (moto_server for tests, cfn-lint, cargo-lambda, zig)
-#   make run           local server on 127.0.0.1:$(PORT) with development credentials
-#   make watch         cargo lambda watch (Lambda emulator) on the bootstrap binary
-#   make lambda-build  arm64 Lambda bundle with the model files included
+#   make venv          Python tools into .venv/: moto_server (tests), cfn-lint, cargo-lambda, zig,
+#                      OpenAPI validators (tests)
+#   make run           `liveness serve` on 127.0.0.1:$(PORT) (development credentials unless
+#                      LIVENESS_BASIC_AUTH / LIVENESS_SECRET_ID are set); prints a curl example
+#   make watch         the Lambda binary under `cargo lambda watch` on 127.0.0.1:$(WATCH_PORT)
+#   make lambda-build  arm64 Lambda package in $(LAMBDA_PKG)/ (bootstrap + models/)
 #   make cfn-lint      lint template.yaml
-#   make deploy        sam deploy (needs AWS credentials and the SAM CLI; not run in CI)
+#   make deploy        lambda-build + `sam deploy` (needs AWS credentials and the SAM CLI)
 
 VENV ?= .venv
 PYTHON ?= python3
+CARGO ?= cargo
 PORT ?= 3000
+WATCH_PORT ?= 9000
+SHARED ?= ../shared
+STACK_NAME ?= liveness
+SAM ?= sam
+# Existing credentials secret for `make deploy`; empty lets the stack create one.
+SECRET_ARN ?=
 
 # Pinned tool versions.
 MOTO_VERSION ?= 5.2.5
@@ -21,7 +30,12 @@ OPENAPI_SPEC_VALIDATOR_VERSION ?= 0.9.0
 OPENAPI_SCHEMA_VALIDATOR_VERSION ?= 0.9.0
 PYYAML_VERSION ?= 6.0.4
 
+DEV_CREDENTIALS := dev:liveness-dev
 VENV_STAMP := $(VENV)/.api-tools-installed
+WITH_VENV := PATH="$(CURDIR)/$(VENV)/bin:$$PATH"
+LAMBDA_DIR := build/lambda
+LAMBDA_PKG := $(LAMBDA_DIR)/bootstrap
+DEMO_IMAGE := $(SHARED)/data/faces-dev/live_siwm_001.jpg
 
 .PHONY: venv run watch lambda-build cfn-lint deploy
 
@@ -29,7 +43,7 @@ venv: $(VENV_STAMP)
 
 $(VENV_STAMP): mk/api.mk
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/python -m pip install --quiet \
+	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check \
 		"moto[server]==$(MOTO_VERSION)" \
 		"cfn-lint==$(CFN_LINT_VERSION)" \
 		"cargo-lambda==$(CARGO_LAMBDA_VERSION)" \
@@ -38,3 +52,39 @@ $(VENV_STAMP): mk/api.mk
 		"openapi-schema-validator==$(OPENAPI_SCHEMA_VALIDATOR_VERSION)" \
 		"PyYAML==$(PYYAML_VERSION)"
 	touch $@
+
+run: models
+	$(CARGO) build --release --locked --bin liveness
+	@echo
+	@echo "Serving POST http://127.0.0.1:$(PORT)/api/v1/face/liveness"
+	@echo "Credentials: $(DEV_CREDENTIALS) (development default) unless LIVENESS_BASIC_AUTH or LIVENESS_SECRET_ID is set."
+	@echo "Try, in another shell:"
+	@echo "  ( printf '{\"sessionId\":\"demo-1\",\"faceImageBase\":\"'; base64 -w0 $(DEMO_IMAGE); printf '\"}' ) \\"
+	@echo "    | curl -s -u $(DEV_CREDENTIALS) -H 'Content-Type: application/json' --data-binary @- http://127.0.0.1:$(PORT)/api/v1/face/liveness"
+	@echo
+	$(CARGO) run --release --locked --bin liveness -- serve --port $(PORT)
+
+# cargo-lambda ignores --target-dir for watch; it honours CARGO_TARGET_DIR (passed through).
+watch: models venv
+	@echo "Lambda emulator: POST http://127.0.0.1:$(WATCH_PORT)/api/v1/face/liveness with -u $(DEV_CREDENTIALS)"
+	$(WITH_VENV) cargo lambda watch --release --bin bootstrap \
+		--invoke-address 127.0.0.1 --invoke-port $(WATCH_PORT) \
+		--env-var LIVENESS_BASIC_AUTH=$(DEV_CREDENTIALS) \
+		--env-var LIVENESS_MODEL_DIR=$(CURDIR)/models
+
+# Needs the aarch64-unknown-linux-gnu Rust target (`rustup target add aarch64-unknown-linux-gnu`);
+# zig (PyPI ziglang, in .venv) is the cross linker.
+lambda-build: models venv
+	$(WITH_VENV) cargo lambda build --release --locked --arm64 --bin bootstrap --lambda-dir $(LAMBDA_DIR)
+	rm -rf $(LAMBDA_PKG)/models
+	mkdir -p $(LAMBDA_PKG)/models
+	install -m 644 $(MODEL_FILES) $(LAMBDA_PKG)/models/
+	@echo "Lambda package in $(LAMBDA_PKG)/ (bootstrap + models/): the CodeUri of template.yaml"
+
+cfn-lint: venv
+	$(VENV)/bin/cfn-lint template.yaml
+
+deploy: lambda-build cfn-lint
+	$(SAM) deploy --template-file template.yaml --stack-name $(STACK_NAME) \
+		--capabilities CAPABILITY_IAM --resolve-s3 --no-fail-on-empty-changeset \
+		$(if $(SECRET_ARN),--parameter-overrides CredentialsSecretArn=$(SECRET_ARN))

@@ -20,7 +20,7 @@ pub enum ConfigError {
 /// Where the service runs; decides what a missing credential configuration means.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Deployment {
-    /// AWS Lambda: credentials must come from Secrets Manager, else start-up fails.
+    /// AWS Lambda: `LIVENESS_SECRET_ID` (or `LIVENESS_BASIC_AUTH`) is required, else start-up fails.
     Lambda,
     /// `liveness serve`: Secrets Manager, `LIVENESS_BASIC_AUTH`, or a development default on 127.0.0.1.
     Local,

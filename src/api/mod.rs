@@ -22,9 +22,9 @@ pub enum StartError {
     /// A service variable is invalid.
     #[error(transparent)]
     Config(#[from] config::ConfigError),
-    /// On Lambda, `LIVENESS_SECRET_ID` is required.
-    #[error("LIVENESS_SECRET_ID must be set on Lambda (credentials come from Secrets Manager)")]
-    NoSecretOnLambda,
+    /// On Lambda, credentials must be configured (there is no development default).
+    #[error("no credentials configured: set LIVENESS_SECRET_ID (Secrets Manager) or LIVENESS_BASIC_AUTH")]
+    NoCredentialsOnLambda,
     /// The development credentials may only be served on a loopback address.
     #[error("refusing to bind {0} with the development credentials; set LIVENESS_BASIC_AUTH or LIVENESS_SECRET_ID")]
     DevCredentialsOnPublicAddress(std::net::SocketAddr),

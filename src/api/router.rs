@@ -56,8 +56,8 @@ impl App {
         }
     }
 
-    /// Builds the state from the configuration: Secrets Manager if `LIVENESS_SECRET_ID` is set;
-    /// locally, else `LIVENESS_BASIC_AUTH`, else the development credentials (loudly logged).
+    /// Builds the state from the configuration: Secrets Manager if `LIVENESS_SECRET_ID` is set,
+    /// else `LIVENESS_BASIC_AUTH`, else (locally only) the development credentials, loudly logged.
     /// Loads the secret at once so the first request is fast (a failure here is logged; requests
     /// then retry and fail closed with 503 until the secret can be read).
     pub async fn build(
@@ -72,11 +72,11 @@ impl App {
             &config.basic_auth,
         ) {
             (Some(id), _, _) => Arc::new(SecretsManagerSource::from_env(id.clone()).await),
-            (None, Deployment::Lambda, _) => return Err(StartError::NoSecretOnLambda),
-            (None, Deployment::Local, Some(pair)) => {
+            (None, _, Some(pair)) => {
                 let (user, pass) = pair.split_once(':').unwrap_or((pair, ""));
                 Arc::new(StaticSource::new(user, pass))
             }
+            (None, Deployment::Lambda, None) => return Err(StartError::NoCredentialsOnLambda),
             (None, Deployment::Local, None) => {
                 tracing::warn!(
                     user = DEV_USER,
