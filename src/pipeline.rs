@@ -8,9 +8,12 @@ use image::RgbImage;
 
 use crate::config::PipelineConfig;
 use crate::detector::FaceDetector;
-use crate::gate::{select_face, Rejection};
+use crate::gate::{check_geometry, select_face, Rejection};
 use crate::image_io::{decode_rgb, DecodeError};
 use crate::imgproc::{antispoof_crop_box, bgr_tensor, resize_bilinear, Window};
+use crate::models::face_pose::CanonicalFace;
+use crate::models::facemesh::{mesh_input, FaceMesh, MeshOutput};
+use crate::models::mask::MaskClassifier;
 use crate::models::minifasnet::{live_probability, MiniFasNet, Variant, INPUT_SIZE};
 use crate::models::retinaface::Detection;
 
@@ -51,6 +54,12 @@ pub struct Diagnostics {
     pub crops: Vec<[i32; 4]>,
     /// The gate's sub-cause when it rejected the photo.
     pub gate_detail: Option<String>,
+    /// FaceMesh face-presence probability of the selected face.
+    pub face_presence: Option<f32>,
+    /// Head pose of the selected face: yaw, pitch (zero-calibrated), roll in degrees.
+    pub head_pose_deg: Option<[f32; 3]>,
+    /// The mask classifier's P(mask) for the selected face.
+    pub mask_probability: Option<f32>,
 }
 
 /// A detection in serialisable form.
@@ -99,11 +108,20 @@ struct AntiSpoofModel {
 pub struct Pipeline {
     config: PipelineConfig,
     detector: FaceDetector,
+    face_mesh: FaceMesh,
+    canonical_face: CanonicalFace,
+    mask: MaskClassifier,
     anti_spoof: Vec<AntiSpoofModel>,
 }
 
 /// File names of the weights inside the model directory.
 pub const RETINAFACE_FILE: &str = "retinaface_mnet025.safetensors";
+/// FaceMesh weights inside the model directory.
+pub const FACEMESH_FILE: &str = "face_landmark_468.safetensors";
+/// Canonical face and Procrustes basis inside the model directory.
+pub const FACE_GEOMETRY_FILE: &str = "face_geometry.safetensors";
+/// Mask classifier weights inside the model directory.
+pub const MASK_FILE: &str = "face_mask_detector.safetensors";
 /// MiniFASNet weight files, in `Variant::ALL` order.
 pub const MINIFASNET_FILES: [&str; 2] = [
     "minifasnet_v2_2.7_80x80.safetensors",
@@ -124,6 +142,12 @@ impl Pipeline {
         };
         let detector = FaceDetector::load(&dir.join(RETINAFACE_FILE))
             .map_err(|e| load_error(RETINAFACE_FILE, e))?;
+        let face_mesh =
+            FaceMesh::load(dir.join(FACEMESH_FILE)).map_err(|e| load_error(FACEMESH_FILE, e))?;
+        let canonical_face = CanonicalFace::load(dir.join(FACE_GEOMETRY_FILE))
+            .map_err(|e| load_error(FACE_GEOMETRY_FILE, e))?;
+        let mask =
+            MaskClassifier::load(dir.join(MASK_FILE)).map_err(|e| load_error(MASK_FILE, e))?;
         let mut anti_spoof = Vec::new();
         for (variant, file) in Variant::ALL.into_iter().zip(MINIFASNET_FILES) {
             let path = dir.join(file);
@@ -137,6 +161,9 @@ impl Pipeline {
         Ok(Self {
             config,
             detector,
+            face_mesh,
+            canonical_face,
+            mask,
             anti_spoof,
         })
     }
@@ -173,7 +200,20 @@ impl Pipeline {
         diagnostics.faces = faces.iter().map(FaceSummary::from).collect();
 
         let t = Instant::now();
-        let gate = select_face(&faces, &self.config.gate);
+        let gate = match select_face(&faces, &self.config.gate) {
+            Err(rejection) if rejection.code == GateCode::FaceNotFound => {
+                Err(self.not_found_or_masked(image, &faces, rejection, &mut diagnostics)?)
+            }
+            Err(rejection) => Err(rejection),
+            Ok(face) => {
+                match check_geometry(face, image.width(), image.height(), &self.config.gate) {
+                    Ok(()) => self
+                        .check_appearance(image, face, &mut diagnostics)?
+                        .map(|()| face),
+                    Err(rejection) => Err(rejection),
+                }
+            }
+        };
         timings.gate_ms = ms_since(t);
         let face = match gate {
             Ok(face) => face,
@@ -198,16 +238,95 @@ impl Pipeline {
         })
     }
 
+    /// FACE_NOT_FOUND, unless the best low-score candidate is clearly a masked face
+    /// (RetinaFace scores masked faces lower), which is FACE_IS_OCCLUDED.
+    fn not_found_or_masked(
+        &self,
+        image: &RgbImage,
+        faces: &[Detection],
+        not_found: Rejection,
+        diagnostics: &mut Diagnostics,
+    ) -> Result<Rejection, PipelineError> {
+        let gate = &self.config.gate;
+        let Some(candidate) = faces.iter().find(|f| f.score >= gate.masked_face_min_score) else {
+            return Ok(not_found);
+        };
+        // A face under the mask must still be there: FaceMesh must see one.
+        let presence = self.face_presence(image, candidate)?.0;
+        diagnostics.face_presence = Some(presence);
+        if presence < gate.min_face_presence {
+            return Ok(not_found);
+        }
+        let p_mask = self.mask.mask_probability(image, candidate.bbox)?;
+        diagnostics.mask_probability = Some(p_mask);
+        if p_mask >= gate.masked_face_mask_threshold {
+            return Ok(Rejection {
+                code: GateCode::FaceIsOccluded,
+                detail: format!("low-score face with P(mask) {p_mask:.2}"),
+            });
+        }
+        Ok(not_found)
+    }
+
+    /// FaceMesh on the detected face: presence probability and landmarks.
+    fn face_presence(
+        &self,
+        image: &RgbImage,
+        face: &Detection,
+    ) -> Result<(f32, MeshOutput), PipelineError> {
+        let (input, _roi) = mesh_input(image, face.bbox, face.landmarks[0], face.landmarks[1])?;
+        let mesh = self.face_mesh.run(&input)?;
+        Ok((1.0 / (1.0 + (-mesh.presence_logit).exp()), mesh))
+    }
+
+    /// FaceMesh presence (false detections), head pose, then the medical-mask classifier.
+    fn check_appearance(
+        &self,
+        image: &RgbImage,
+        face: &Detection,
+        diagnostics: &mut Diagnostics,
+    ) -> Result<Result<(), Rejection>, PipelineError> {
+        let gate = &self.config.gate;
+        let reject = |code, detail: String| Ok(Err(Rejection { code, detail }));
+        let (presence, mesh) = self.face_presence(image, face)?;
+        diagnostics.face_presence = Some(presence);
+        if presence < gate.min_face_presence {
+            return reject(
+                GateCode::FaceNotFound,
+                format!("FaceMesh presence {presence:.2} on the detected face"),
+            );
+        }
+        let pose = self.canonical_face.fit(&mesh.landmarks)?;
+        let (yaw, pitch) = (
+            pose.yaw_deg as f32,
+            pose.pitch_deg as f32 - gate.pitch_zero_deg,
+        );
+        diagnostics.head_pose_deg = Some([yaw, pitch, pose.roll_deg as f32]);
+        if yaw.abs() > gate.max_yaw_deg || pitch.abs() > gate.max_pitch_deg {
+            return reject(
+                GateCode::FaceAngleTooLarge,
+                format!("yaw {yaw:.0}, pitch {pitch:.0} degrees"),
+            );
+        }
+        let p_mask = self.mask.mask_probability(image, face.bbox)?;
+        diagnostics.mask_probability = Some(p_mask);
+        if p_mask >= gate.mask_threshold {
+            return reject(GateCode::FaceIsOccluded, format!("P(mask) {p_mask:.2}"));
+        }
+        Ok(Ok(()))
+    }
+
     /// Runs the detector at the configured size, and once more at the retry size when the first
     /// pass finds no face (small faces in large photos).
     fn detect(&self, image: &RgbImage) -> Result<Vec<Detection>, PipelineError> {
-        let threshold = self.config.gate.face_min_score;
+        let gate = &self.config.gate;
+        let threshold = gate.face_min_score.min(gate.masked_face_min_score);
         let faces = self
             .detector
             .detect(image, self.config.detector_long_side, threshold)?;
         let long_side = image.width().max(image.height());
         let retry = self.config.detector_retry_long_side;
-        if faces.is_empty()
+        if !faces.iter().any(|f| f.score >= gate.face_min_score)
             && retry > self.config.detector_long_side
             && long_side > self.config.detector_long_side
         {

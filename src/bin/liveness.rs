@@ -43,7 +43,7 @@ enum Command {
         #[arg(long)]
         threshold: Option<f32>,
     },
-    /// Time decode, detect, crop, classify and total on 640x480 and 1920x1080 JPEGs.
+    /// Time decode, detect, gate, crop, classify and total on 640x480 and 1920x1080 JPEGs.
     Bench {
         /// Source photo (re-encoded at both sizes).
         #[arg(long, default_value = "../shared/data/faces-dev/live_siwm_001.jpg")]
@@ -228,19 +228,20 @@ fn bench(config: PipelineConfig, image: &Path, iterations: usize) -> Result<()> 
     );
     println!("threads: {threads}; median (min-max) ms over {iterations} iterations");
     println!(
-        "{:<10} {:>16} {:>16} {:>16} {:>16} {:>16}",
-        "image", "decode", "detect", "crop", "classify", "total"
+        "{:<10} {:>16} {:>16} {:>16} {:>16} {:>16} {:>16}",
+        "image", "decode", "detect", "gate", "crop", "classify", "total"
     );
     for (w, h) in [(640u32, 480u32), (1920, 1080)] {
         let resized = image::imageops::resize(&source, w, h, image::imageops::FilterType::Triangle);
         let mut jpeg = Vec::new();
         image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 90).encode_image(&resized)?;
-        let mut samples: Vec<[f64; 5]> = Vec::with_capacity(iterations);
+        let mut samples: Vec<[f64; 6]> = Vec::with_capacity(iterations);
         for _ in 0..iterations {
             let t = pipeline.assess_encoded(&jpeg)?.timings;
             samples.push([
                 t.decode_ms,
                 t.detect_ms,
+                t.gate_ms,
                 t.crop_ms,
                 t.classify_ms,
                 t.total_ms,
@@ -252,13 +253,14 @@ fn bench(config: PipelineConfig, image: &Path, iterations: usize) -> Result<()> 
             format!("{:.2} ({:.2}-{:.2})", v[v.len() / 2], v[0], v[v.len() - 1])
         };
         println!(
-            "{:<10} {:>16} {:>16} {:>16} {:>16} {:>16}",
+            "{:<10} {:>16} {:>16} {:>16} {:>16} {:>16} {:>16}",
             format!("{w}x{h}"),
             stat(0),
             stat(1),
             stat(2),
             stat(3),
-            stat(4)
+            stat(4),
+            stat(5)
         );
     }
     Ok(())

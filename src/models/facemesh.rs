@@ -1,0 +1,525 @@
+//! MediaPipe FaceMesh (468 landmarks, float32 `face_landmark.tflite`) as native candle code.
+//!
+//! The graph (see `face_landmark_468_fp32.ops.json`) is a BlazeFace-style residual network:
+//!
+//! ```text
+//! 192x192x3 -> conv2d 3x3/2 + PReLU -> 96x96x16
+//!   residual blocks: depthwise 3x3 (stride 1 or 2) -> 1x1 conv -> + shortcut -> PReLU
+//!   (stride-2 shortcut: 2x2 max-pool, then zero channels appended when the width grows)
+//!   16@96 x2, 32@48 x3, 64@24 x3, 128@12 x3, 128@6 x3                 -> p_re_lu_14 (6x6x128)
+//! mesh head:     block 128@3 (s2), 2 blocks 128@3, 1x1 128->32 + PReLU, block 32@3,
+//!                conv 3x3/3 valid -> 1404 = 468 x (x, y, z) in crop pixels
+//! presence head: block 128@3 (s2), 1x1 128->32 + PReLU, block 32@3, conv 3x3/3 valid -> logit
+//! ```
+//!
+//! Weights come from `models/face_landmark_468.safetensors` (`convert-facemesh landmarks`), named
+//! after the TFLite layers: `conv2d_N.{weight,bias}` (OIHW), `depthwise_conv2d_N.{weight,bias}`
+//! (`[C,1,3,3]`), `p_re_lu_N.alpha` (`[C]`). Every convolution runs through
+//! [`FusedConv2d`]; the shortcut (max-pool, channel padding), the add and the PReLU after each
+//! block are fused into one pass ([`ResidualPRelu`]). The network runs NCHW.
+//!
+//! [`mesh_input`] builds the network input from a photo and a detector box, and [`RoiTransform`]
+//! maps the landmarks back to image pixels.
+
+use crate::nn::conv::{Activation, ConvGeometry, FusedConv2d};
+use candle_core::{CpuStorage, CustomOp2, DType, Device, Layout, Module, Result, Shape, Tensor};
+use candle_nn::VarBuilder;
+use std::path::Path;
+
+/// Side of the square network input, in pixels.
+pub const INPUT_SIZE: usize = 192;
+/// Number of landmarks the network predicts.
+pub const NUM_LANDMARKS: usize = 468;
+/// Scale of the square region of interest relative to the detector box (MediaPipe: 1.5).
+pub const ROI_SCALE: f32 = 1.5;
+
+/// TFLite layer names: `base` for index 0, `base_N` otherwise.
+fn layer(base: &str, index: usize) -> String {
+    if index == 0 {
+        base.to_string()
+    } else {
+        format!("{base}_{index}")
+    }
+}
+
+/// TensorFlow "SAME" padding `[top, left, bottom, right]` of a square `k`x`k`, stride-`s` window
+/// on a square `size`x`size` input (the extra pixel goes to the bottom/right).
+fn same_padding(size: usize, k: usize, s: usize) -> [usize; 4] {
+    let out = size.div_ceil(s);
+    let total = ((out - 1) * s + k).saturating_sub(size);
+    let (before, after) = (total / 2, total - total / 2);
+    [before, before, after, after]
+}
+
+fn prelu_slopes(vb: &VarBuilder, index: usize, channels: usize) -> Result<Vec<f32>> {
+    vb.pp(layer("p_re_lu", index))
+        .get(channels, "alpha")?
+        .to_vec1()
+}
+
+/// A `conv2d_N` layer (bias included) followed by the activation.
+fn conv(
+    vb: &VarBuilder,
+    index: usize,
+    shape: (usize, usize, usize, usize),
+    geometry: ConvGeometry,
+    activation: Activation,
+) -> Result<FusedConv2d> {
+    let vb = vb.pp(layer("conv2d", index));
+    let weight = vb.get(shape, "weight")?;
+    let bias = vb.get(shape.0, "bias")?;
+    FusedConv2d::new(&weight, Some(&bias), geometry, activation)
+}
+
+/// Add + PReLU after a residual block, with the shortcut taken from the block input: as is for
+/// stride 1, 2x2 max-pooled for stride 2; channels the shortcut lacks count as zeros (TFLite PAD
+/// on the channel axis). Inputs: `(branch [N,C,H,W], block input [N,Cs,Hs,Ws])`.
+#[derive(Debug, Clone)]
+struct ResidualPRelu {
+    slopes: Vec<f32>,
+    pool: bool,
+}
+
+impl CustomOp2 for ResidualPRelu {
+    fn name(&self) -> &'static str {
+        "facemesh-residual-prelu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (n, c, h, w) = l1.shape().dims4()?;
+        let (n2, cs, hs, ws) = l2.shape().dims4()?;
+        let f = if self.pool { 2 } else { 1 };
+        if n2 != n || cs > c || hs / f != h || ws / f != w || self.slopes.len() != c {
+            candle_core::bail!(
+                "residual shapes do not match: {:?} and {:?}",
+                l1.shape(),
+                l2.shape()
+            );
+        }
+        fn contiguous<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
+            match (s, l.contiguous_offsets()) {
+                (CpuStorage::F32(d), Some((a, b))) => Ok(&d[a..b]),
+                _ => candle_core::bail!("residual expects contiguous f32 inputs"),
+            }
+        }
+        let (branch, shortcut) = (contiguous(s1, l1)?, contiguous(s2, l2)?);
+        // Written as a select (not a conditional store) so that it vectorises.
+        let prelu = |v: f32, a: f32| if v < 0.0 { v * a } else { v };
+        let plane = h * w;
+        let mut out = vec![0f32; n * c * plane];
+        for (i, (dst, src)) in out
+            .chunks_exact_mut(plane)
+            .zip(branch.chunks_exact(plane))
+            .enumerate()
+        {
+            let (b, ch) = (i / c, i % c);
+            let a = self.slopes[ch];
+            if ch >= cs {
+                // Channel padding: the shortcut contributes zeros.
+                dst.iter_mut().zip(src).for_each(|(d, &v)| *d = prelu(v, a));
+                continue;
+            }
+            let short = &shortcut[(b * cs + ch) * hs * ws..][..hs * ws];
+            if self.pool {
+                for y in 0..h {
+                    let r0 = &short[2 * y * ws..][..2 * w];
+                    let r1 = &short[(2 * y + 1) * ws..][..2 * w];
+                    let row = dst[y * w..(y + 1) * w]
+                        .iter_mut()
+                        .zip(&src[y * w..(y + 1) * w])
+                        .zip(r0.chunks_exact(2).zip(r1.chunks_exact(2)));
+                    for ((d, &v), (p0, p1)) in row {
+                        *d = prelu(v + p0[0].max(p0[1]).max(p1[0].max(p1[1])), a);
+                    }
+                }
+            } else {
+                for ((d, &v), &s) in dst.iter_mut().zip(src).zip(short) {
+                    *d = prelu(v + s, a);
+                }
+            }
+        }
+        Ok((CpuStorage::F32(out), Shape::from((n, c, h, w))))
+    }
+}
+
+/// Residual block: depthwise 3x3 -> 1x1 conv -> add shortcut -> PReLU.
+#[derive(Debug, Clone)]
+struct Block {
+    depthwise: FusedConv2d,
+    pointwise: FusedConv2d,
+    residual: ResidualPRelu,
+}
+
+impl Block {
+    /// Layers `depthwise_conv2d_{dw}`, `conv2d_{pw}`, `p_re_lu_{act}`; `size` is the input side.
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        vb: &VarBuilder,
+        (dw, pw, act): (usize, usize, usize),
+        size: usize,
+        stride: usize,
+        cin: usize,
+        cout: usize,
+    ) -> Result<Self> {
+        let dvb = vb.pp(layer("depthwise_conv2d", dw));
+        let depthwise = FusedConv2d::new(
+            &dvb.get((cin, 1, 3, 3), "weight")?,
+            Some(&dvb.get(cin, "bias")?),
+            ConvGeometry {
+                stride,
+                padding: same_padding(size, 3, stride),
+                groups: cin,
+            },
+            Activation::Identity,
+        )?;
+        let pointwise = conv(
+            vb,
+            pw,
+            (cout, cin, 1, 1),
+            ConvGeometry::new(1, 0, 1),
+            Activation::Identity,
+        )?;
+        Ok(Self {
+            depthwise,
+            pointwise,
+            residual: ResidualPRelu {
+                slopes: prelu_slopes(vb, act, cout)?,
+                pool: stride == 2,
+            },
+        })
+    }
+}
+
+impl Module for Block {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let branch = self.pointwise.forward(&self.depthwise.forward(x)?)?;
+        branch.apply_op2_no_bwd(x, &self.residual)
+    }
+}
+
+/// One output head at 3x3: 128-channel blocks (the first one downsamples), a 1x1 conv + PReLU
+/// to 32 channels, one 32-channel block, then the final 3x3/3 valid conv.
+#[derive(Debug, Clone)]
+struct Head {
+    wide: Vec<Block>,
+    narrow: FusedConv2d,
+    tail: Block,
+    out: FusedConv2d,
+}
+
+impl Module for Head {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let mut x = x.clone();
+        for block in &self.wide {
+            x = block.forward(&x)?;
+        }
+        let x = self.tail.forward(&self.narrow.forward(&x)?)?;
+        self.out.forward(&x)
+    }
+}
+
+/// The FaceMesh network.
+#[derive(Debug, Clone)]
+pub struct FaceMesh {
+    stem: FusedConv2d,
+    backbone: Vec<Block>,
+    mesh: Head,
+    presence: Head,
+}
+
+/// Landmarks and face-presence logit of one face.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MeshOutput {
+    /// 468 x (x, y, z) in pixels of the 192x192 input crop (x right, y down, z: smaller = closer).
+    pub landmarks: Vec<[f32; 3]>,
+    /// Face-presence logit; `sigmoid > 0.5` (logit > 0) means a face. A low value on a detected
+    /// face is evidence of a false detection.
+    pub presence_logit: f32,
+}
+
+impl FaceMesh {
+    /// Builds the network from weights named as written by `convert-facemesh landmarks`.
+    pub fn new(vb: VarBuilder) -> Result<Self> {
+        let stem = conv(
+            &vb,
+            0,
+            (16, 3, 3, 3),
+            ConvGeometry {
+                stride: 2,
+                padding: same_padding(INPUT_SIZE, 3, 2),
+                groups: 1,
+            },
+            Activation::PRelu(prelu_slopes(&vb, 0, 16)?),
+        )?;
+        // Block i uses depthwise_conv2d_i, conv2d_{i+1}, p_re_lu_{i+1}: (stride, cin, cout).
+        let stages: [(usize, usize, usize); 14] = [
+            (1, 16, 16),
+            (1, 16, 16),
+            (2, 16, 32),
+            (1, 32, 32),
+            (1, 32, 32),
+            (2, 32, 64),
+            (1, 64, 64),
+            (1, 64, 64),
+            (2, 64, 128),
+            (1, 128, 128),
+            (1, 128, 128),
+            (2, 128, 128),
+            (1, 128, 128),
+            (1, 128, 128),
+        ];
+        let mut size = INPUT_SIZE / 2;
+        let mut backbone = Vec::new();
+        for (i, &(stride, cin, cout)) in stages.iter().enumerate() {
+            backbone.push(Block::new(&vb, (i, i + 1, i + 1), size, stride, cin, cout)?);
+            size /= stride;
+        }
+        let head_out = |index: usize, channels: usize| {
+            conv(
+                &vb,
+                index,
+                (channels, 32, 3, 3),
+                ConvGeometry::new(3, 0, 1),
+                Activation::Identity,
+            )
+        };
+        let narrow = |index: usize, act: usize| {
+            conv(
+                &vb,
+                index,
+                (32, 128, 1, 1),
+                ConvGeometry::new(1, 0, 1),
+                Activation::PRelu(prelu_slopes(&vb, act, 32)?),
+            )
+        };
+        let half = size / 2;
+        let mesh = Head {
+            wide: vec![
+                Block::new(&vb, (14, 15, 15), size, 2, 128, 128)?,
+                Block::new(&vb, (15, 16, 16), half, 1, 128, 128)?,
+                Block::new(&vb, (16, 17, 17), half, 1, 128, 128)?,
+            ],
+            narrow: narrow(18, 18)?,
+            tail: Block::new(&vb, (17, 19, 19), half, 1, 32, 32)?,
+            out: head_out(20, 3 * NUM_LANDMARKS)?,
+        };
+        let presence = Head {
+            wide: vec![Block::new(&vb, (22, 27, 25), size, 2, 128, 128)?],
+            narrow: narrow(28, 26)?,
+            tail: Block::new(&vb, (23, 29, 27), half, 1, 32, 32)?,
+            out: head_out(30, 1)?,
+        };
+        Ok(Self {
+            stem,
+            backbone,
+            mesh,
+            presence,
+        })
+    }
+
+    /// Loads `face_landmark_468.safetensors`.
+    pub fn load(path: impl AsRef<Path>) -> Result<Self> {
+        let data = std::fs::read(path.as_ref())?;
+        Self::new(VarBuilder::from_buffered_safetensors(
+            data,
+            DType::F32,
+            &Device::Cpu,
+        )?)
+    }
+
+    /// Runs the network on `[N,3,192,192]` RGB in `[0,1]` (NCHW). Returns the landmarks
+    /// `[N,468,3]` in crop pixels and the presence logits `[N]`.
+    pub fn forward(&self, input: &Tensor) -> Result<(Tensor, Tensor)> {
+        let n = input.dim(0)?;
+        let mut x = self.stem.forward(input)?;
+        for block in &self.backbone {
+            x = block.forward(&x)?;
+        }
+        let landmarks = self.mesh.forward(&x)?.reshape((n, NUM_LANDMARKS, 3))?;
+        let presence = self.presence.forward(&x)?.reshape(n)?;
+        Ok((landmarks, presence))
+    }
+
+    /// Runs one `[1,3,192,192]` input (e.g. from [`mesh_input`]).
+    pub fn run(&self, input: &Tensor) -> Result<MeshOutput> {
+        let (landmarks, presence) = self.forward(input)?;
+        let flat: Vec<f32> = landmarks.flatten_all()?.to_vec1()?;
+        Ok(MeshOutput {
+            landmarks: flat.chunks_exact(3).map(|p| [p[0], p[1], p[2]]).collect(),
+            presence_logit: presence.to_vec1::<f32>()?[0],
+        })
+    }
+}
+
+/// Where the 192x192 crop lies in the photo: a square of side `size` pixels centred on `centre`,
+/// rotated by `angle` radians (image coordinates, y down; positive = clockwise as displayed).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RoiTransform {
+    /// ROI centre in image pixels (continuous coordinates: pixel `i` covers `[i, i+1)`).
+    pub centre: [f32; 2],
+    /// ROI side in image pixels.
+    pub size: f32,
+    /// Rotation of the ROI's x axis from the image x axis, in radians.
+    pub angle: f32,
+}
+
+impl RoiTransform {
+    /// Crop coordinates (pixels of the 192x192 input, continuous) to image coordinates.
+    /// `z` is scaled like x and y.
+    pub fn to_image(&self, p: [f32; 3]) -> [f32; 3] {
+        let k = self.size as f64 / INPUT_SIZE as f64;
+        let (sin, cos) = (self.angle as f64).sin_cos();
+        let u = (p[0] as f64 - INPUT_SIZE as f64 / 2.0) * k;
+        let v = (p[1] as f64 - INPUT_SIZE as f64 / 2.0) * k;
+        [
+            (self.centre[0] as f64 + u * cos - v * sin) as f32,
+            (self.centre[1] as f64 + u * sin + v * cos) as f32,
+            (p[2] as f64 * k) as f32,
+        ]
+    }
+
+    /// Image coordinates to crop coordinates (inverse of [`RoiTransform::to_image`]).
+    pub fn to_crop(&self, p: [f32; 3]) -> [f32; 3] {
+        let k = INPUT_SIZE as f64 / self.size as f64;
+        let (sin, cos) = (self.angle as f64).sin_cos();
+        let dx = p[0] as f64 - self.centre[0] as f64;
+        let dy = p[1] as f64 - self.centre[1] as f64;
+        [
+            ((dx * cos + dy * sin) * k + INPUT_SIZE as f64 / 2.0) as f32,
+            ((-dx * sin + dy * cos) * k + INPUT_SIZE as f64 / 2.0) as f32,
+            (p[2] as f64 * k) as f32,
+        ]
+    }
+}
+
+/// `x.floor() as i64` without a libm call (baseline x86-64 has no rounding instruction).
+#[inline]
+fn floor(x: f64) -> i64 {
+    let t = x as i64;
+    if (t as f64) > x {
+        t - 1
+    } else {
+        t
+    }
+}
+
+/// Builds the FaceMesh input for one detected face: a square ROI of [`ROI_SCALE`] x the longer
+/// side of `face_ltrb` around the box centre, rotated so that the line from `left_eye` to
+/// `right_eye` (the detector's image-left and image-right eyes) is horizontal, sampled bilinearly
+/// to 192x192 (pixel centres; outside the photo reads as black) and scaled to `[0,1]`.
+/// Returns the `[1,3,192,192]` tensor and the transform that maps landmarks back to the photo.
+pub fn mesh_input(
+    img: &image::RgbImage,
+    face_ltrb: [f32; 4],
+    left_eye: [f32; 2],
+    right_eye: [f32; 2],
+) -> Result<(Tensor, RoiTransform)> {
+    let [l, t, r, b] = face_ltrb;
+    let roi = RoiTransform {
+        centre: [(l + r) / 2.0, (t + b) / 2.0],
+        size: ROI_SCALE * (r - l).max(b - t),
+        angle: (right_eye[1] - left_eye[1]).atan2(right_eye[0] - left_eye[0]),
+    };
+    if !(roi.size.is_finite() && roi.size > 0.0 && roi.angle.is_finite()) {
+        candle_core::bail!("degenerate face box {face_ltrb:?} or eyes {left_eye:?} {right_eye:?}");
+    }
+    let (w, h) = (img.width() as i64, img.height() as i64);
+    let raw = img.as_raw();
+    let pixel = |x: i64, y: i64| -> [f32; 3] {
+        if x < 0 || y < 0 || x >= w || y >= h {
+            [0.0; 3]
+        } else {
+            let i = ((y * w + x) * 3) as usize;
+            [raw[i] as f32, raw[i + 1] as f32, raw[i + 2] as f32]
+        }
+    };
+    let plane = INPUT_SIZE * INPUT_SIZE;
+    let mut out = vec![0f32; 3 * plane];
+    // Image position of crop pixel (u, v)'s centre = origin + u * step_u + v * step_v; sampling
+    // is at pixel-centre positions (image pixel i has its centre at i + 0.5, hence the -0.5).
+    let origin = roi.to_image([0.5, 0.5, 0.0]).map(|c| c as f64 - 0.5);
+    let k = roi.size as f64 / INPUT_SIZE as f64;
+    let (sin, cos) = (roi.angle as f64).sin_cos();
+    let (step_u, step_v) = ([k * cos, k * sin], [-k * sin, k * cos]);
+    for v in 0..INPUT_SIZE {
+        for u in 0..INPUT_SIZE {
+            let x = origin[0] + u as f64 * step_u[0] + v as f64 * step_v[0];
+            let y = origin[1] + u as f64 * step_u[1] + v as f64 * step_v[1];
+            let (x0, y0) = (floor(x), floor(y));
+            let (fx, fy) = ((x - x0 as f64) as f32, (y - y0 as f64) as f32);
+            let (p00, p10) = (pixel(x0, y0), pixel(x0 + 1, y0));
+            let (p01, p11) = (pixel(x0, y0 + 1), pixel(x0 + 1, y0 + 1));
+            for c in 0..3 {
+                let top = p00[c] * (1.0 - fx) + p10[c] * fx;
+                let bottom = p01[c] * (1.0 - fx) + p11[c] * fx;
+                out[c * plane + v * INPUT_SIZE + u] = (top * (1.0 - fy) + bottom * fy) / 255.0;
+            }
+        }
+    }
+    let tensor = Tensor::from_vec(out, (1, 3, INPUT_SIZE, INPUT_SIZE), &Device::Cpu)?;
+    Ok((tensor, roi))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_padding_matches_tensorflow() {
+        assert_eq!(same_padding(192, 3, 2), [0, 0, 1, 1]);
+        assert_eq!(same_padding(96, 3, 1), [1, 1, 1, 1]);
+        assert_eq!(same_padding(7, 3, 2), [1, 1, 1, 1]);
+        assert_eq!(same_padding(3, 3, 3), [0, 0, 0, 0]);
+    }
+
+    #[test]
+    fn floor_matches_std() {
+        for x in [-2.5, -1.0, -0.5, -0.0, 0.0, 0.25, 1.0, 2.7, 191.99] {
+            assert_eq!(floor(x), x.floor() as i64, "{x}");
+        }
+    }
+
+    #[test]
+    fn roi_transform_round_trips() {
+        let roi = RoiTransform {
+            centre: [120.0, 80.5],
+            size: 150.0,
+            angle: 0.3,
+        };
+        for p in [[0.0, 0.0, 1.0], [96.0, 96.0, -3.0], [191.5, 12.25, 0.0]] {
+            let back = roi.to_crop(roi.to_image(p));
+            for k in 0..3 {
+                assert!((back[k] - p[k]).abs() < 1e-4, "{p:?} -> {back:?}");
+            }
+        }
+        // The crop centre is the ROI centre; the crop x axis follows the angle.
+        assert_eq!(roi.to_image([96.0, 96.0, 0.0])[..2], [120.0, 80.5]);
+        let right = roi.to_image([96.0 + 192.0, 96.0, 0.0]);
+        assert!((right[0] - (120.0 + 150.0 * 0.3f32.cos())).abs() < 1e-3);
+        assert!((right[1] - (80.5 + 150.0 * 0.3f32.sin())).abs() < 1e-3);
+    }
+
+    #[test]
+    fn residual_pools_pads_and_activates() -> Result<()> {
+        let dev = Device::Cpu;
+        // branch [1,2,1,1]; shortcut [1,1,2,2] pooled to 1x1, second channel padded with zero.
+        let branch = Tensor::new(&[-10f32, -2.0], &dev)?.reshape((1, 2, 1, 1))?;
+        let shortcut = Tensor::new(&[1f32, 4.0, -3.0, 2.0], &dev)?.reshape((1, 1, 2, 2))?;
+        let op = ResidualPRelu {
+            slopes: vec![0.5, 0.25],
+            pool: true,
+        };
+        let out: Vec<f32> = branch
+            .apply_op2_no_bwd(&shortcut, &op)?
+            .flatten_all()?
+            .to_vec1()?;
+        assert_eq!(out, vec![-3.0, -0.5]);
+        Ok(())
+    }
+}
