@@ -11,7 +11,7 @@ use api_support::*;
 use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::{HeaderMap, Request, Response, StatusCode};
-use liveness::api::auth::{SecretsManagerSource, StaticSource};
+use liveness::api::auth::{SecretFuture, SecretSource, SecretsManagerSource, StaticSource};
 use liveness::api::{ApiConfig, App};
 use serde_json::{json, Value};
 
@@ -330,7 +330,7 @@ async fn several_clients_in_one_secret() {
 async fn rotation_is_picked_up_after_a_failed_login() {
     let moto = Moto::start();
     let mut config = ApiConfig::default();
-    config.secret_cache.refresh_min_age = Duration::from_millis(800);
+    config.secret_cache.refresh_min_age = Duration::from_secs(3);
     let (app, arn) = moto_app(
         &moto,
         json!({"username": USER, "password": "old-pass"}),
@@ -346,10 +346,63 @@ async fn rotation_is_picked_up_after_a_failed_login() {
     .await;
     // The cache is younger than refresh_min_age: no refresh yet, the new password is refused.
     assert_unauthorized(&login(&app, Some(&basic(USER, "new-pass"))).await);
-    tokio::time::sleep(Duration::from_millis(900)).await;
+    tokio::time::sleep(Duration::from_millis(3100)).await;
     // Failed login on an older cache -> one refresh -> the new password works, the old one not.
     assert_authorized(&login(&app, Some(&basic(USER, "new-pass"))).await);
     assert_unauthorized(&login(&app, Some(&basic(USER, "old-pass"))).await);
+}
+
+/// The real Secrets Manager source, counting its calls.
+struct CountingSource {
+    inner: SecretsManagerSource,
+    calls: std::sync::atomic::AtomicUsize,
+}
+
+impl SecretSource for CountingSource {
+    fn fetch(&self) -> SecretFuture<'_> {
+        self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.fetch()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_logins_refresh_once_single_flight() {
+    let moto = Moto::start();
+    let client = moto.client();
+    let arn = create_secret(
+        &client,
+        "liveness/test/single-flight",
+        json!({"username": USER, "password": PASS}),
+    )
+    .await;
+    let source = Arc::new(CountingSource {
+        inner: SecretsManagerSource::new(client, arn),
+        calls: Default::default(),
+    });
+    let mut config = ApiConfig::default();
+    config.secret_cache.refresh_min_age = Duration::from_millis(200);
+    let app = Arc::new(App::new(pipeline(), &config, source.clone()));
+    let calls = || source.calls.load(std::sync::atomic::Ordering::SeqCst);
+    assert_authorized(&login(&app, Some(&basic(USER, PASS))).await);
+    assert_eq!(calls(), 1);
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let wrong = basic(USER, "wrong");
+    let attempts = (0..16).map(|_| {
+        let (app, wrong) = (app.clone(), wrong.clone());
+        tokio::spawn(async move {
+            call(&app, "POST", "/api/v1/face/liveness", Some(&wrong), "{}").await
+        })
+    });
+    for attempt in futures_util::future::join_all(attempts).await {
+        assert_unauthorized(&attempt.unwrap());
+    }
+    assert_eq!(
+        calls(),
+        2,
+        "16 concurrent failed logins on an old cache refresh it once"
+    );
+    assert_authorized(&login(&app, Some(&basic(USER, PASS))).await);
+    assert_eq!(calls(), 2);
 }
 
 #[tokio::test]
@@ -357,7 +410,7 @@ async fn cached_credentials_survive_a_secrets_manager_outage() {
     let mut moto = Moto::start();
     let mut config = ApiConfig::default();
     config.secret_cache.ttl = Duration::from_millis(300);
-    config.secret_cache.max_staleness = Duration::from_secs(3);
+    config.secret_cache.max_staleness = Duration::from_secs(6);
     config.secret_cache.retry_backoff = Duration::from_millis(100);
     let (app, _) = moto_app(&moto, json!({"username": USER, "password": PASS}), &config).await;
     assert_authorized(&login(&app, Some(&basic(USER, PASS))).await);
@@ -367,7 +420,7 @@ async fn cached_credentials_survive_a_secrets_manager_outage() {
     assert_authorized(&login(&app, Some(&basic(USER, PASS))).await);
     assert_unauthorized(&login(&app, Some(&basic(USER, "wrong"))).await);
     // Past the maximum staleness: fail closed.
-    tokio::time::sleep(Duration::from_millis(3000)).await;
+    tokio::time::sleep(Duration::from_millis(6000)).await;
     let r = login(&app, Some(&basic(USER, PASS))).await;
     assert_error(&r, 503, "SERVICE_UNAVAILABLE", None);
 }
