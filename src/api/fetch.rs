@@ -284,6 +284,13 @@ mod tests {
         forbidden_reason(s.parse().unwrap())
     }
 
+    #[tokio::test]
+    async fn the_client_cannot_resolve_names_itself() {
+        use reqwest::dns::Resolve;
+        let name: reqwest::dns::Name = "localhost".parse().unwrap();
+        assert!(NoLookup.resolve(name).await.is_err());
+    }
+
     #[test]
     fn public_addresses_pass() {
         for ok in [
