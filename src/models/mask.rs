@@ -15,7 +15,7 @@
 
 use std::path::Path;
 
-use candle_core::{DType, Device, Module, Result, Tensor};
+use candle_core::{Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::nn::conv::{Activation, ConvGeometry, FusedConv2d};
@@ -241,13 +241,7 @@ impl MaskClassifier {
 
     /// Loads `face_mask_detector.safetensors` (as written by `make models`) onto the CPU.
     pub fn load(path: impl AsRef<Path>) -> Result<Self> {
-        let bytes = std::fs::read(path.as_ref())
-            .map_err(|e| candle_core::Error::msg(format!("{}: {e}", path.as_ref().display())))?;
-        Self::new(VarBuilder::from_buffered_safetensors(
-            bytes,
-            DType::F32,
-            &Device::Cpu,
-        )?)
+        Self::new(super::load_weights(path)?)
     }
 
     /// Runs the network on `[N, 3, 224, 224]` inputs from [`mask_input`] and returns every output.
