@@ -3,8 +3,7 @@
 
 use std::path::Path;
 
-use candle_core::{DType, Device, Result};
-use candle_nn::VarBuilder;
+use candle_core::Result;
 use image::RgbImage;
 
 use crate::imgproc::{bgr_tensor, resize_bilinear, Window};
@@ -26,11 +25,8 @@ pub fn detector_input_size(w: u32, h: u32, long_side: u32) -> (u32, u32) {
 impl FaceDetector {
     /// Loads the converted RetinaFace weights.
     pub fn load(weights: &Path) -> Result<Self> {
-        // SAFETY: the weight file is not modified while mapped (it is only read at start-up).
-        let vb =
-            unsafe { VarBuilder::from_mmaped_safetensors(&[weights], DType::F32, &Device::Cpu)? };
         Ok(Self {
-            net: RetinaFace::new(vb)?,
+            net: RetinaFace::new(crate::models::load_weights(weights)?)?,
         })
     }
 

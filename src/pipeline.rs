@@ -2,8 +2,7 @@
 
 use std::time::Instant;
 
-use candle_core::{DType, Device, Module};
-use candle_nn::VarBuilder;
+use candle_core::Module;
 use image::RgbImage;
 
 use crate::config::PipelineConfig;
@@ -151,10 +150,7 @@ impl Pipeline {
         let mut anti_spoof = Vec::new();
         for (variant, file) in Variant::ALL.into_iter().zip(MINIFASNET_FILES) {
             let path = dir.join(file);
-            // SAFETY: weight files are not modified while the process runs.
-            let vb =
-                unsafe { VarBuilder::from_mmaped_safetensors(&[&path], DType::F32, &Device::Cpu) }
-                    .map_err(|e| load_error(file, e))?;
+            let vb = crate::models::load_weights(&path).map_err(|e| load_error(file, e))?;
             let net = MiniFasNet::new(vb, variant).map_err(|e| load_error(file, e))?;
             anti_spoof.push(AntiSpoofModel { net, variant });
         }

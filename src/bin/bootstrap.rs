@@ -19,8 +19,14 @@ async fn start() -> Result<App, Error> {
     Ok(App::build(pipeline, &config, Deployment::Lambda).await?)
 }
 
-#[tokio::main]
-async fn main() -> Result<(), Error> {
+fn main() -> Result<(), Error> {
+    // Before the async runtime starts any thread (see `limit_thread_pools_at_startup`).
+    let threads = liveness::config::env_or("LIVENESS_THREADS", 1usize)?;
+    liveness::nn::limit_thread_pools_at_startup(threads);
+    tokio::runtime::Runtime::new()?.block_on(serve())
+}
+
+async fn serve() -> Result<(), Error> {
     api::init_tracing(true);
     let app = match start().await {
         Ok(app) => app,

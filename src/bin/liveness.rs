@@ -66,6 +66,7 @@ fn main() -> Result<()> {
     if let Some(threads) = cli.threads {
         config.threads = threads;
     }
+    liveness::nn::limit_thread_pools_at_startup(config.threads);
     match cli.command {
         Command::Check { images, verbose } => check(config, &images, verbose),
         Command::Eval {

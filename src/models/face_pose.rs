@@ -12,7 +12,7 @@
 //! pitch > 0: face tilted down (a frontal face reads about +6..+12 deg with this model);
 //! roll > 0: rotated counter-clockwise as displayed.
 
-use candle_core::{DType, Device, Result};
+use candle_core::{DType, Result};
 use candle_nn::VarBuilder;
 use std::path::Path;
 
@@ -84,12 +84,7 @@ impl CanonicalFace {
 
     /// Loads `face_geometry.safetensors`.
     pub fn load(path: impl AsRef<Path>) -> Result<Self> {
-        let data = std::fs::read(path.as_ref())?;
-        Self::new(VarBuilder::from_buffered_safetensors(
-            data,
-            DType::F32,
-            &Device::Cpu,
-        )?)
+        Self::new(super::load_weights(path)?)
     }
 
     /// Landmark ids of the Procrustes basis.

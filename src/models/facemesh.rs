@@ -22,7 +22,7 @@
 //! maps the landmarks back to image pixels.
 
 use crate::nn::conv::{Activation, ConvGeometry, FusedConv2d};
-use candle_core::{CpuStorage, CustomOp2, DType, Device, Layout, Module, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, Device, Layout, Module, Result, Shape, Tensor};
 use candle_nn::VarBuilder;
 use std::path::Path;
 
@@ -325,12 +325,7 @@ impl FaceMesh {
 
     /// Loads `face_landmark_468.safetensors`.
     pub fn load(path: impl AsRef<Path>) -> Result<Self> {
-        let data = std::fs::read(path.as_ref())?;
-        Self::new(VarBuilder::from_buffered_safetensors(
-            data,
-            DType::F32,
-            &Device::Cpu,
-        )?)
+        Self::new(super::load_weights(path)?)
     }
 
     /// Runs the network on `[N,3,192,192]` RGB in `[0,1]` (NCHW). Returns the landmarks

@@ -15,9 +15,10 @@
 
 use std::path::Path;
 
-use candle_core::{DType, Device, Module, Result, Tensor};
+use candle_core::{Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
+use crate::imgproc::{resize_bilinear, Window};
 use crate::nn::conv::{Activation, ConvGeometry, FusedConv2d};
 
 /// Side of the square network input, in pixels.
@@ -241,13 +242,7 @@ impl MaskClassifier {
 
     /// Loads `face_mask_detector.safetensors` (as written by `make models`) onto the CPU.
     pub fn load(path: impl AsRef<Path>) -> Result<Self> {
-        let bytes = std::fs::read(path.as_ref())
-            .map_err(|e| candle_core::Error::msg(format!("{}: {e}", path.as_ref().display())))?;
-        Self::new(VarBuilder::from_buffered_safetensors(
-            bytes,
-            DType::F32,
-            &Device::Cpu,
-        )?)
+        Self::new(super::load_weights(path)?)
     }
 
     /// Runs the network on `[N, 3, 224, 224]` inputs from [`mask_input`] and returns every output.
@@ -319,8 +314,15 @@ pub fn mask_input(img: &image::RgbImage, face_ltrb: [f32; 4]) -> Result<Tensor> 
             img.height()
         );
     };
-    let crop = image::imageops::crop_imm(img, x0, y0, x1 - x0, y1 - y0).to_image();
-    let resized = resize_linear_u8(&crop, INPUT_SIZE, INPUT_SIZE);
+    let window = Window {
+        x: x0,
+        y: y0,
+        w: x1 - x0,
+        h: y1 - y0,
+    };
+    let size = INPUT_SIZE as u32;
+    let rgb = resize_bilinear(img, window, size, size);
+    let resized = image::RgbImage::from_raw(size, size, rgb).expect("224x224 RGB");
     normalized_input(&resized)
 }
 
@@ -339,65 +341,4 @@ pub fn normalized_input(rgb: &image::RgbImage) -> Result<Tensor> {
         }
     }
     Tensor::from_vec(data, (1, 3, h, w), &Device::Cpu)
-}
-
-/// Fixed-point scale of OpenCV's 8-bit bilinear weights (`INTER_RESIZE_COEF_SCALE`).
-const COEF_SCALE: f32 = 2048.0;
-
-/// Source index pair and fixed-point weights for each destination coordinate, as OpenCV computes them:
-/// `f = (d + 0.5) * src/dst - 0.5` (double, then float), `i = floor(f)`, weights
-/// `round_half_even((1 - frac) * 2048)` and `round_half_even(frac * 2048)`; indices clamped to the image.
-fn linear_taps(src: usize, dst: usize) -> Vec<(usize, usize, i32, i32)> {
-    let scale = 1.0 / (dst as f64 / src as f64);
-    (0..dst)
-        .map(|d| {
-            let f = ((d as f64 + 0.5) * scale - 0.5) as f32;
-            let i = f.floor();
-            let frac = f - i;
-            let w0 = ((1.0 - frac) * COEF_SCALE).round_ties_even() as i32;
-            let w1 = (frac * COEF_SCALE).round_ties_even() as i32;
-            let clamp = |v: f32| (v.max(0.0) as usize).min(src - 1);
-            (clamp(i), clamp(i + 1.0), w0, w1)
-        })
-        .collect()
-}
-
-/// Resizes an 8-bit RGB image like OpenCV's `cv2.resize(..., interpolation=INTER_LINEAR)`, bit for bit:
-/// horizontal pass in integers (weights x2048), vertical pass with the SIMD path's rounding
-/// (`((a >> 4) * w0 >> 16) + ((b >> 4) * w1 >> 16)`, then `(+2) >> 2`, saturated).
-fn resize_linear_u8(src: &image::RgbImage, dst_w: usize, dst_h: usize) -> image::RgbImage {
-    let (sw, sh) = (src.width() as usize, src.height() as usize);
-    let xs = linear_taps(sw, dst_w);
-    let ys = linear_taps(sh, dst_h);
-    // OpenCV clamps a horizontal tap that falls outside the image to the border pixel with weight 1.
-    let xs: Vec<_> = xs
-        .into_iter()
-        .map(|(a, b, w0, w1)| {
-            if a == b {
-                (a, b, COEF_SCALE as i32, 0)
-            } else {
-                (a, b, w0, w1)
-            }
-        })
-        .collect();
-    let raw = src.as_raw();
-    let hpass = |row: usize| -> Vec<i32> {
-        let line = &raw[row * sw * 3..(row + 1) * sw * 3];
-        let mut out = Vec::with_capacity(dst_w * 3);
-        for &(a, b, w0, w1) in &xs {
-            for c in 0..3 {
-                out.push(i32::from(line[a * 3 + c]) * w0 + i32::from(line[b * 3 + c]) * w1);
-            }
-        }
-        out
-    };
-    let rows: Vec<Vec<i32>> = (0..sh).map(hpass).collect();
-    let mut out = Vec::with_capacity(dst_w * dst_h * 3);
-    for &(a, b, w0, w1) in &ys {
-        for (&s0, &s1) in rows[a].iter().zip(&rows[b]) {
-            let v = (((s0 >> 4) * w0) >> 16) + (((s1 >> 4) * w1) >> 16);
-            out.push(((v + 2) >> 2).clamp(0, 255) as u8);
-        }
-    }
-    image::RgbImage::from_raw(dst_w as u32, dst_h as u32, out).expect("buffer matches dimensions")
 }

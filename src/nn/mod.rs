@@ -10,6 +10,17 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 static THREADS: AtomicUsize = AtomicUsize::new(1);
 
+/// Caps the thread pools of rayon and candle (element-wise ops) at `n` threads by setting
+/// `RAYON_NUM_THREADS` when the caller has not set it.
+///
+/// Call at the very start of `main`, before any other thread exists: changing the environment
+/// while other threads may read it is a data race.
+pub fn limit_thread_pools_at_startup(n: usize) {
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        std::env::set_var("RAYON_NUM_THREADS", n.max(1).to_string());
+    }
+}
+
 /// Sets how many threads the kernels may use (1 = single-threaded, the default).
 pub fn set_num_threads(n: usize) {
     THREADS.store(n.max(1), Ordering::Relaxed);
