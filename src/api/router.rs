@@ -282,6 +282,12 @@ impl App {
         let pipeline = self.pipeline.clone();
         let joined = tokio::task::spawn_blocking(move || pipeline.assess_encoded(&bytes)).await;
         match joined {
+            Ok(Ok(Assessment {
+                outcome: Outcome::Scored { score },
+                ..
+            })) if !score.is_finite() => Err(ApiError::Internal(
+                "pipeline returned a non-finite score".into(),
+            )),
             Ok(result) => result.map_err(ApiError::from),
             Err(e) => Err(ApiError::Internal(format!("pipeline task failed: {e}"))),
         }
