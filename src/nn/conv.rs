@@ -21,22 +21,41 @@ pub enum Activation {
 }
 
 impl Activation {
-    #[inline]
-    fn apply(&self, channel: usize, values: &mut [f32]) {
-        match self {
-            Activation::Identity => {}
-            Activation::Relu => values.iter_mut().for_each(|v| *v = v.max(0.0)),
-            Activation::Relu6 => values.iter_mut().for_each(|v| *v = v.clamp(0.0, 6.0)),
-            Activation::LeakyRelu(a) => values
-                .iter_mut()
-                .for_each(|v| *v = if *v < 0.0 { *v * a } else { *v }),
-            Activation::PRelu(slopes) => {
-                let a = slopes[channel];
-                values
-                    .iter_mut()
-                    .for_each(|v| *v = if *v < 0.0 { *v * a } else { *v })
-            }
-        }
+    /// This activation for output channel `channel`, in the branch-free form the kernels use.
+    fn epilogue(&self, channel: usize, bias: f32) -> Epilogue {
+        let (slope, max) = match self {
+            Activation::Identity => (1.0, f32::INFINITY),
+            Activation::Relu => (0.0, f32::INFINITY),
+            Activation::Relu6 => (0.0, 6.0),
+            Activation::LeakyRelu(a) => (*a, f32::INFINITY),
+            Activation::PRelu(slopes) => (slopes[channel], f32::INFINITY),
+        };
+        Epilogue { bias, slope, max }
+    }
+}
+
+/// Bias plus activation for one output channel: `v -> min(u < 0 ? u * slope : u, max)` with
+/// `u = v + bias`. Every [`Activation`] has this form, so the kernels apply it with no branches.
+#[derive(Debug, Clone, Copy)]
+struct Epilogue {
+    bias: f32,
+    slope: f32,
+    max: f32,
+}
+
+impl Epilogue {
+    /// The activation of `u`, which already includes the bias.
+    #[inline(always)]
+    fn activate(self, u: f32) -> f32 {
+        let u = if u < 0.0 { u * self.slope } else { u };
+        u.min(self.max)
+    }
+
+    /// Adds the bias to every value and applies the activation, in place.
+    fn apply(self, values: &mut [f32]) {
+        values
+            .iter_mut()
+            .for_each(|v| *v = self.activate(*v + self.bias));
     }
 }
 
@@ -186,15 +205,12 @@ impl FusedConv2d {
                 Kernel::Depthwise => self.depthwise(src, dst, h, w, oh, ow),
                 Kernel::Im2col => self.im2col_gemm(src, dst, h, w, oh, ow, &mut scratch),
             }
-            let plane = oh * ow;
-            for (c, chunk) in dst.chunks_exact_mut(plane).enumerate() {
-                if self.kind == Kernel::Depthwise {
-                    // The depthwise kernel already added the bias.
-                } else {
-                    let bias = self.bias[c];
-                    chunk.iter_mut().for_each(|v| *v += bias);
+            if self.kind != Kernel::Depthwise {
+                // The depthwise kernel applies bias and activation itself.
+                let plane = oh * ow;
+                for (c, chunk) in dst.chunks_exact_mut(plane).enumerate() {
+                    self.activation.epilogue(c, self.bias[c]).apply(chunk);
                 }
-                self.activation.apply(c, chunk);
             }
         }
         Ok((out, oh, ow))
@@ -269,55 +285,216 @@ impl FusedConv2d {
         }
     }
 
+    /// Depthwise convolution with bias and activation, one channel at a time.
+    ///
+    /// Each channel is first copied into zero-padded *phase planes*: for stride `s`, plane
+    /// `(py, px)` holds the padded input at rows `py + s*i` and columns `px + s*j`, `i, j >= 0`.
+    /// Tap `(ky, kx)` of output `(oy, ox)` is element `(oy + ky/s, ox + kx/s)` of plane
+    /// `(ky%s, kx%s)`, so for every stride and padding each tap reads one contiguous run with no
+    /// bounds tests. Output rows are computed `wp` (the plane width) apart as one flat run; the
+    /// `wp - ow` extra values after each row are dropped when the run is copied out.
     fn depthwise(&self, src: &[f32], dst: &mut [f32], h: usize, w: usize, oh: usize, ow: usize) {
         let (kh, kw) = self.kernel;
-        let [pt, pl, _, _] = self.geometry.padding;
+        let [pt, pl, pb, pr] = self.geometry.padding;
         let s = self.geometry.stride;
-        let spans: Vec<(usize, usize)> = (0..kw).map(|kx| valid_span(ow, w, kx, pl, s)).collect();
-        let channel_job = |c: usize, out: &mut [f32]| {
-            let input = &src[c * h * w..(c + 1) * h * w];
-            let taps = &self.weight[c * kh * kw..(c + 1) * kh * kw];
-            out.fill(self.bias[c]);
-            for oy in 0..oh {
-                let out_row = &mut out[oy * ow..(oy + 1) * ow];
-                for ky in 0..kh {
-                    let iy = (oy * s + ky) as isize - pt as isize;
-                    if iy < 0 || iy >= h as isize {
-                        continue;
-                    }
-                    let in_row = &input[iy as usize * w..(iy as usize + 1) * w];
-                    for (kx, &(x_lo, x_hi)) in spans.iter().enumerate() {
-                        if x_lo >= x_hi {
-                            continue;
+        let (hp, wp) = ((h + pt + pb).div_ceil(s), (w + pl + pr).div_ceil(s));
+        let phase_len = hp * wp;
+        let phases_len = s * s * phase_len;
+        let run_len = (oh - 1) * wp + ow;
+        // Where each tap's run starts in the phase planes, in weight order.
+        let starts: Vec<usize> = (0..kh)
+            .flat_map(|ky| {
+                (0..kw).map(move |kx| ((ky % s) * s + kx % s) * phase_len + (ky / s) * wp + kx / s)
+            })
+            .collect();
+        let kernel = depthwise_kernel();
+        // `scratch` holds the phase planes, then the output run. Every channel writes the same
+        // plane positions, so the padding written as zeros when `scratch` is made stays zero.
+        let channel_job = |c: usize, out: &mut [f32], scratch: &mut Vec<f32>| {
+            let (phases, run) = scratch.split_at_mut(phases_len);
+            for (iy, row) in src[c * h * w..(c + 1) * h * w].chunks_exact(w).enumerate() {
+                let py = iy + pt;
+                // Row `py / s` of plane `(py % s, 0)`; plane `(py % s, q)` follows `q` planes on.
+                let row_start = (py % s) * s * phase_len + (py / s) * wp;
+                match s {
+                    1 => phases[row_start + pl..][..w].copy_from_slice(row),
+                    2 => {
+                        // Input columns 2j and 2j+1 land in the phases of `pl` and `pl + 1`.
+                        let even = row_start + (pl % 2) * phase_len + pl / 2;
+                        let odd = row_start + ((pl + 1) % 2) * phase_len + (pl + 1) / 2;
+                        let pairs = row.chunks_exact(2);
+                        if let Some(&x) = pairs.remainder().first() {
+                            phases[even + w / 2] = x;
                         }
-                        let tap = taps[ky * kw + kx];
-                        let x0 = x_lo * s + kx - pl;
-                        let out_span = &mut out_row[x_lo..x_hi];
-                        if s == 1 {
-                            let in_span = &in_row[x0..x0 + out_span.len()];
-                            for (o, i) in out_span.iter_mut().zip(in_span) {
-                                *o += tap * i;
+                        for (j, pair) in pairs.enumerate() {
+                            phases[even + j] = pair[0];
+                            phases[odd + j] = pair[1];
+                        }
+                    }
+                    _ => {
+                        for q in 0..s {
+                            // The first input column whose padded column `ix + pl` is in phase `q`.
+                            let ix0 = (q + s - pl % s) % s;
+                            if ix0 >= w {
+                                continue;
                             }
-                        } else {
-                            for (j, o) in out_span.iter_mut().enumerate() {
-                                *o += tap * in_row[x0 + j * s];
+                            let start = row_start + q * phase_len + (ix0 + pl) / s;
+                            let plane_row = &mut phases[start..];
+                            for (p, &x) in plane_row.iter_mut().zip(row[ix0..].iter().step_by(s)) {
+                                *p = x;
                             }
                         }
                     }
                 }
             }
+            let taps = &self.weight[c * kh * kw..(c + 1) * kh * kw];
+            let epilogue = self.activation.epilogue(c, self.bias[c]);
+            kernel(taps, &starts, phases, epilogue, run);
+            for (o, r) in out.chunks_exact_mut(ow).zip(run.chunks(wp)) {
+                o.copy_from_slice(&r[..ow]);
+            }
         };
         let plane = oh * ow;
+        let new_scratch = || vec![0f32; phases_len + run_len];
         if crate::nn::num_threads() > 1 {
             use rayon::prelude::*;
             dst.par_chunks_exact_mut(plane)
                 .enumerate()
-                .for_each(|(c, out)| channel_job(c, out));
+                .for_each_init(new_scratch, |scratch, (c, out)| {
+                    channel_job(c, out, scratch)
+                });
         } else {
+            let mut scratch = new_scratch();
             dst.chunks_exact_mut(plane)
                 .enumerate()
-                .for_each(|(c, out)| channel_job(c, out));
+                .for_each(|(c, out)| channel_job(c, out, &mut scratch));
         }
+    }
+}
+
+/// One depthwise channel: `run[q] = act(bias + sum_t taps[t] * phases[starts[t] + q])`.
+type DepthwiseKernel = fn(&[f32], &[usize], &[f32], Epilogue, &mut [f32]);
+
+/// The fastest depthwise kernel this CPU runs.
+fn depthwise_kernel() -> DepthwiseKernel {
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+        return |taps, starts, phases, epilogue, run| {
+            // SAFETY: this closure is only returned after checking the CPU has AVX2 and FMA.
+            unsafe { depthwise_avx2(taps, starts, phases, epilogue, run) }
+        };
+    }
+    depthwise_run::<PortableMulAdd>
+}
+
+/// [`depthwise_run`] compiled for AVX2 + FMA (8 lanes, fused multiply-add).
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn depthwise_avx2(
+    taps: &[f32],
+    starts: &[usize],
+    phases: &[f32],
+    epilogue: Epilogue,
+    run: &mut [f32],
+) {
+    depthwise_run::<Fused>(taps, starts, phases, epilogue, run)
+}
+
+/// Multiply-add as the kernels do it: `a * b + c`, fused into one rounding or not.
+trait MulAdd {
+    fn mul_add(a: f32, b: f32, c: f32) -> f32;
+}
+
+/// One rounding; only used where the CPU has an FMA instruction (else it is a slow libm call).
+struct Fused;
+
+impl MulAdd for Fused {
+    #[inline(always)]
+    fn mul_add(a: f32, b: f32, c: f32) -> f32 {
+        a.mul_add(b, c)
+    }
+}
+
+/// A multiply then an add.
+#[cfg(not(target_arch = "aarch64"))]
+struct Unfused;
+
+#[cfg(not(target_arch = "aarch64"))]
+impl MulAdd for Unfused {
+    #[inline(always)]
+    fn mul_add(a: f32, b: f32, c: f32) -> f32 {
+        a * b + c
+    }
+}
+
+/// Every aarch64 CPU has FMA; x86-64 only guarantees SSE2.
+#[cfg(target_arch = "aarch64")]
+type PortableMulAdd = Fused;
+#[cfg(not(target_arch = "aarch64"))]
+type PortableMulAdd = Unfused;
+
+/// See [`DepthwiseKernel`]. The common 3x3 and 5x5 kernels get unrolled tap loops.
+#[inline(always)]
+fn depthwise_run<M: MulAdd>(
+    taps: &[f32],
+    starts: &[usize],
+    phases: &[f32],
+    epilogue: Epilogue,
+    run: &mut [f32],
+) {
+    match taps.len() {
+        9 => depthwise_taps::<M, 9>(taps, starts, phases, epilogue, run),
+        25 => depthwise_taps::<M, 25>(taps, starts, phases, epilogue, run),
+        _ => {
+            run.fill(epilogue.bias);
+            for (&tap, &start) in taps.iter().zip(starts) {
+                for (r, &x) in run.iter_mut().zip(&phases[start..]) {
+                    *r = M::mul_add(tap, x, *r);
+                }
+            }
+            run.iter_mut().for_each(|r| *r = epilogue.activate(*r));
+        }
+    }
+}
+
+/// [`depthwise_run`] for exactly `K` taps: each group of `LANES` outputs is summed in registers
+/// over all taps, then stored once.
+#[inline(always)]
+fn depthwise_taps<M: MulAdd, const K: usize>(
+    taps: &[f32],
+    starts: &[usize],
+    phases: &[f32],
+    epilogue: Epilogue,
+    run: &mut [f32],
+) {
+    const LANES: usize = 8;
+    let n = run.len();
+    let taps: &[f32; K] = taps.try_into().expect("tap count");
+    let sources: [&[f32]; K] = std::array::from_fn(|t| &phases[starts[t]..starts[t] + n]);
+    let (head, tail) = run.split_at_mut(n - n % LANES);
+    for (i, chunk) in head.chunks_exact_mut(LANES).enumerate() {
+        let q = i * LANES;
+        let mut acc = [epilogue.bias; LANES];
+        for (&tap, source) in taps.iter().zip(&sources) {
+            let x: &[f32; LANES] = source[q..q + LANES].try_into().expect("lane count");
+            for (a, &x) in acc.iter_mut().zip(x) {
+                *a = M::mul_add(tap, x, *a);
+            }
+        }
+        for (o, a) in chunk.iter_mut().zip(acc) {
+            *o = epilogue.activate(a);
+        }
+    }
+    let q0 = head.len();
+    for (i, o) in tail.iter_mut().enumerate() {
+        let mut acc = epilogue.bias;
+        for (&tap, source) in taps.iter().zip(&sources) {
+            acc = M::mul_add(tap, source[q0 + i], acc);
+        }
+        *o = epilogue.activate(acc);
     }
 }
 
@@ -446,6 +623,10 @@ mod tests {
                 check(4, 4, 1, h, w, ConvGeometry::new(s, 0, 1))?;
             }
             check(4, 4, 5, h + 4, w + 4, ConvGeometry::new(1, 0, 4))?;
+            // depthwise: 5x5 padded, stride 2 and 3, and a kernel size without an unrolled path
+            check(4, 4, 5, h, w, ConvGeometry::new(2, 2, 4))?;
+            check(4, 4, 3, h, w, ConvGeometry::new(3, 1, 4))?;
+            check(4, 4, 2, h + 1, w + 1, ConvGeometry::new(1, 0, 4))?;
             // asymmetric padding, as Keras/TFLite "same" with stride 2
             let g = ConvGeometry {
                 stride: 2,
@@ -461,6 +642,28 @@ mod tests {
             check(3, 5, 3, h + 1, w + 1, g)?;
         }
         Ok(())
+    }
+
+    /// The dispatched (AVX2 on most x86-64) and portable depthwise kernels agree.
+    #[test]
+    fn depthwise_kernels_agree() {
+        let phases: Vec<f32> = (0..200).map(|i| ((i * 37) % 23) as f32 - 11.0).collect();
+        for k in [4, 9, 25] {
+            let taps: Vec<f32> = (0..k).map(|t| 0.25 * t as f32 - 1.0).collect();
+            let starts: Vec<usize> = (0..k).map(|t| (t * 7) % 40).collect();
+            let epilogue = Activation::LeakyRelu(0.1).epilogue(0, 0.5);
+            for n in [1, 7, 8, 19, 150] {
+                let (mut fast, mut portable) = (vec![0f32; n], vec![0f32; n]);
+                depthwise_kernel()(&taps, &starts, &phases, epilogue, &mut fast);
+                depthwise_run::<PortableMulAdd>(&taps, &starts, &phases, epilogue, &mut portable);
+                for (q, (a, b)) in fast.iter().zip(&portable).enumerate() {
+                    assert!(
+                        (a - b).abs() <= 1e-4 * b.abs().max(1.0),
+                        "k{k} n{n} q{q}: {a} vs {b}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]
