@@ -196,166 +196,110 @@ impl FusedConv2d {
         let in_plane = self.in_channels * h * w;
         let out_plane = self.out_channels * oh * ow;
         let mut out = vec![0f32; n * out_plane];
-        let mut scratch = Vec::new();
         for b in 0..n {
             let src = &input[b * in_plane..(b + 1) * in_plane];
             let dst = &mut out[b * out_plane..(b + 1) * out_plane];
             match self.kind {
-                Kernel::Pointwise => self.pointwise(src, dst, h * w),
-                Kernel::Depthwise => self.depthwise(src, dst, h, w, oh, ow),
-                Kernel::Im2col => self.im2col_gemm(src, dst, h, w, oh, ow, &mut scratch),
-            }
-            if self.kind != Kernel::Depthwise {
-                // The depthwise kernel applies bias and activation itself.
-                let plane = oh * ow;
-                for (c, chunk) in dst.chunks_exact_mut(plane).enumerate() {
-                    self.activation.epilogue(c, self.bias[c]).apply(chunk);
+                Kernel::Pointwise => {
+                    self.gemm_epilogue(0, self.out_channels, &self.weight, src, dst)
                 }
+                Kernel::Depthwise => self.depthwise(src, dst, h, w, oh, ow),
+                Kernel::Im2col => self.im2col_gemm(src, dst, h, w, oh, ow),
             }
         }
         Ok((out, oh, ow))
     }
 
-    fn pointwise(&self, src: &[f32], dst: &mut [f32], plane: usize) {
-        gemm_row_major(
-            self.out_channels,
-            plane,
-            self.in_channels,
-            &self.weight,
-            src,
-            dst,
-        );
+    /// `dst = act(weight * rhs + bias)` for output channels `c0..c0 + m`: `weight` is `m x k`,
+    /// `rhs` is `k x n` and `dst` is `m x n`, all row-major (`n` = `dst.len() / m`).
+    ///
+    /// Runs in column blocks whose output and input fit in L2, so bias and activation are
+    /// applied while the block is still in cache instead of in a second pass over memory.
+    fn gemm_epilogue(&self, c0: usize, m: usize, weight: &[f32], rhs: &[f32], dst: &mut [f32]) {
+        let n = dst.len() / m;
+        let k = weight.len() / m;
+        // Repacking `weight` per block costs about 2/`block` of the multiply: keep blocks >= 128.
+        let block = if crate::nn::num_threads() > 1 {
+            n
+        } else {
+            (L2_BLOCK_FLOATS / (m + k)).max(128) / 16 * 16
+        };
+        let epilogues: Vec<Epilogue> = (c0..c0 + m)
+            .map(|c| self.activation.epilogue(c, self.bias[c]))
+            .collect();
+        for j0 in (0..n).step_by(block) {
+            let nb = block.min(n - j0);
+            gemm_row_major(m, nb, k, n, weight, &rhs[j0..], &mut dst[j0..]);
+            for (row, &epilogue) in dst[j0..].chunks_mut(n).zip(&epilogues) {
+                apply_epilogue(epilogue, &mut row[..nb]);
+            }
+        }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn im2col_gemm(
-        &self,
-        src: &[f32],
-        dst: &mut [f32],
-        h: usize,
-        w: usize,
-        oh: usize,
-        ow: usize,
-        cols: &mut Vec<f32>,
-    ) {
+    /// General convolution: per group, the input channels go into phase planes (see
+    /// [`Self::depthwise`]), im2col copies one contiguous run per output row and tap from them,
+    /// and a GEMM with fused epilogue produces the group's output channels.
+    fn im2col_gemm(&self, src: &[f32], dst: &mut [f32], h: usize, w: usize, oh: usize, ow: usize) {
         let (kh, kw) = self.kernel;
         let groups = self.geometry.groups;
         let cin_g = self.in_channels / groups;
         let cout_g = self.out_channels / groups;
         let k = cin_g * kh * kw;
         let plane = oh * ow;
-        let [pt, pl, _, _] = self.geometry.padding;
-        let s = self.geometry.stride;
-        cols.clear();
-        cols.resize(k * plane, 0.0);
+        let layout = PhaseLayout::new(&self.geometry, h, w);
+        let mut cols = vec![0f32; k * plane];
+        // Zero once: every channel fills the same plane positions, so the padding stays zero.
+        let mut phases = vec![0f32; cin_g * layout.len];
         for g in 0..groups {
-            // Fill the column matrix: row (ci, ky, kx), column (oy, ox).
             for ci in 0..cin_g {
-                let channel = &src[(g * cin_g + ci) * h * w..(g * cin_g + ci + 1) * h * w];
+                let channel = &src[(g * cin_g + ci) * h * w..][..h * w];
+                let planes = &mut phases[ci * layout.len..][..layout.len];
+                layout.fill(channel, planes);
                 for ky in 0..kh {
                     for kx in 0..kw {
+                        let start = layout.tap_start(ky, kx);
                         let row = &mut cols[((ci * kh + ky) * kw + kx) * plane..][..plane];
-                        let (x_lo, x_hi) = valid_span(ow, w, kx, pl, s);
-                        for oy in 0..oh {
-                            let out_row = &mut row[oy * ow..(oy + 1) * ow];
-                            let iy = (oy * s + ky) as isize - pt as isize;
-                            if iy < 0 || iy >= h as isize || x_lo >= x_hi {
-                                out_row.fill(0.0);
-                                continue;
-                            }
-                            let in_row = &channel[iy as usize * w..(iy as usize + 1) * w];
-                            out_row[..x_lo].fill(0.0);
-                            out_row[x_hi..].fill(0.0);
-                            let x0 = x_lo * s + kx - pl;
-                            if s == 1 {
-                                out_row[x_lo..x_hi]
-                                    .copy_from_slice(&in_row[x0..x0 + (x_hi - x_lo)]);
-                            } else {
-                                for (o, ox) in (x_lo..x_hi).enumerate() {
-                                    out_row[ox] = in_row[x0 + o * s];
-                                }
-                            }
+                        for (oy, out_row) in row.chunks_exact_mut(ow).enumerate() {
+                            out_row.copy_from_slice(&planes[start + oy * layout.wp..][..ow]);
                         }
                     }
                 }
             }
             let weight = &self.weight[g * cout_g * k..(g + 1) * cout_g * k];
             let out = &mut dst[g * cout_g * plane..(g + 1) * cout_g * plane];
-            gemm_row_major(cout_g, plane, k, weight, cols, out);
+            self.gemm_epilogue(g * cout_g, cout_g, weight, &cols, out);
         }
     }
 
     /// Depthwise convolution with bias and activation, one channel at a time.
     ///
-    /// Each channel is first copied into zero-padded *phase planes*: for stride `s`, plane
-    /// `(py, px)` holds the padded input at rows `py + s*i` and columns `px + s*j`, `i, j >= 0`.
-    /// Tap `(ky, kx)` of output `(oy, ox)` is element `(oy + ky/s, ox + kx/s)` of plane
-    /// `(ky%s, kx%s)`, so for every stride and padding each tap reads one contiguous run with no
-    /// bounds tests. Output rows are computed `wp` (the plane width) apart as one flat run; the
-    /// `wp - ow` extra values after each row are dropped when the run is copied out.
+    /// Each channel is first copied into zero-padded *phase planes* ([`PhaseLayout`]), where
+    /// every tap reads one contiguous run with no bounds tests, whatever the stride and padding.
+    /// Output rows are computed `wp` (the plane width) apart as one flat run; the `wp - ow`
+    /// extra values after each row are dropped when the run is copied out.
     fn depthwise(&self, src: &[f32], dst: &mut [f32], h: usize, w: usize, oh: usize, ow: usize) {
         let (kh, kw) = self.kernel;
-        let [pt, pl, pb, pr] = self.geometry.padding;
-        let s = self.geometry.stride;
-        let (hp, wp) = ((h + pt + pb).div_ceil(s), (w + pl + pr).div_ceil(s));
-        let phase_len = hp * wp;
-        let phases_len = s * s * phase_len;
-        let run_len = (oh - 1) * wp + ow;
-        // Where each tap's run starts in the phase planes, in weight order.
+        let layout = PhaseLayout::new(&self.geometry, h, w);
+        let run_len = (oh - 1) * layout.wp + ow;
         let starts: Vec<usize> = (0..kh)
-            .flat_map(|ky| {
-                (0..kw).map(move |kx| ((ky % s) * s + kx % s) * phase_len + (ky / s) * wp + kx / s)
-            })
+            .flat_map(|ky| (0..kw).map(move |kx| (ky, kx)))
+            .map(|(ky, kx)| layout.tap_start(ky, kx))
             .collect();
         let kernel = depthwise_kernel();
         // `scratch` holds the phase planes, then the output run. Every channel writes the same
         // plane positions, so the padding written as zeros when `scratch` is made stays zero.
         let channel_job = |c: usize, out: &mut [f32], scratch: &mut Vec<f32>| {
-            let (phases, run) = scratch.split_at_mut(phases_len);
-            for (iy, row) in src[c * h * w..(c + 1) * h * w].chunks_exact(w).enumerate() {
-                let py = iy + pt;
-                // Row `py / s` of plane `(py % s, 0)`; plane `(py % s, q)` follows `q` planes on.
-                let row_start = (py % s) * s * phase_len + (py / s) * wp;
-                match s {
-                    1 => phases[row_start + pl..][..w].copy_from_slice(row),
-                    2 => {
-                        // Input columns 2j and 2j+1 land in the phases of `pl` and `pl + 1`.
-                        let even = row_start + (pl % 2) * phase_len + pl / 2;
-                        let odd = row_start + ((pl + 1) % 2) * phase_len + (pl + 1) / 2;
-                        let pairs = row.chunks_exact(2);
-                        if let Some(&x) = pairs.remainder().first() {
-                            phases[even + w / 2] = x;
-                        }
-                        for (j, pair) in pairs.enumerate() {
-                            phases[even + j] = pair[0];
-                            phases[odd + j] = pair[1];
-                        }
-                    }
-                    _ => {
-                        for q in 0..s {
-                            // The first input column whose padded column `ix + pl` is in phase `q`.
-                            let ix0 = (q + s - pl % s) % s;
-                            if ix0 >= w {
-                                continue;
-                            }
-                            let start = row_start + q * phase_len + (ix0 + pl) / s;
-                            let plane_row = &mut phases[start..];
-                            for (p, &x) in plane_row.iter_mut().zip(row[ix0..].iter().step_by(s)) {
-                                *p = x;
-                            }
-                        }
-                    }
-                }
-            }
+            let (phases, run) = scratch.split_at_mut(layout.len);
+            layout.fill(&src[c * h * w..(c + 1) * h * w], phases);
             let taps = &self.weight[c * kh * kw..(c + 1) * kh * kw];
             let epilogue = self.activation.epilogue(c, self.bias[c]);
             kernel(taps, &starts, phases, epilogue, run);
-            for (o, r) in out.chunks_exact_mut(ow).zip(run.chunks(wp)) {
+            for (o, r) in out.chunks_exact_mut(ow).zip(run.chunks(layout.wp)) {
                 o.copy_from_slice(&r[..ow]);
             }
         };
         let plane = oh * ow;
-        let new_scratch = || vec![0f32; phases_len + run_len];
+        let new_scratch = || vec![0f32; layout.len + run_len];
         if crate::nn::num_threads() > 1 {
             use rayon::prelude::*;
             dst.par_chunks_exact_mut(plane)
@@ -370,6 +314,114 @@ impl FusedConv2d {
                 .for_each(|(c, out)| channel_job(c, out, &mut scratch));
         }
     }
+}
+
+/// Floats of GEMM input plus output per column block of [`FusedConv2d::gemm_epilogue`] (256 KiB).
+const L2_BLOCK_FLOATS: usize = 64 * 1024;
+
+/// One input channel stored as zero-padded *phase planes*: for stride `s`, plane `(py, px)`
+/// holds the padded input at rows `py + s*i` and columns `px + s*j`, `i, j >= 0`, and the
+/// `s * s` planes of `hp x wp` values follow each other. Tap `(ky, kx)` of output `(oy, ox)` is
+/// element `(oy + ky/s, ox + kx/s)` of plane `(ky%s, kx%s)`, so the taps of consecutive outputs
+/// are consecutive in memory.
+struct PhaseLayout {
+    h: usize,
+    w: usize,
+    stride: usize,
+    /// Top and left padding.
+    pt: usize,
+    pl: usize,
+    /// Width of a plane.
+    wp: usize,
+    /// Length of a plane, `hp * wp`.
+    plane_len: usize,
+    /// Length of all `s * s` planes.
+    len: usize,
+}
+
+impl PhaseLayout {
+    fn new(geometry: &ConvGeometry, h: usize, w: usize) -> Self {
+        let [pt, pl, pb, pr] = geometry.padding;
+        let s = geometry.stride;
+        let (hp, wp) = ((h + pt + pb).div_ceil(s), (w + pl + pr).div_ceil(s));
+        Self {
+            h,
+            w,
+            stride: s,
+            pt,
+            pl,
+            wp,
+            plane_len: hp * wp,
+            len: s * s * hp * wp,
+        }
+    }
+
+    /// Where tap `(ky, kx)` of output `(0, 0)` is; output `(oy, ox)` adds `oy * wp + ox`.
+    fn tap_start(&self, ky: usize, kx: usize) -> usize {
+        let s = self.stride;
+        ((ky % s) * s + kx % s) * self.plane_len + (ky / s) * self.wp + kx / s
+    }
+
+    /// Copies an `h x w` channel into its planes (`len` values). Padding positions are not
+    /// written: they must already be zero.
+    fn fill(&self, channel: &[f32], phases: &mut [f32]) {
+        let (s, w, pl, wp, plane_len) = (self.stride, self.w, self.pl, self.wp, self.plane_len);
+        for (iy, row) in channel.chunks_exact(w).take(self.h).enumerate() {
+            let py = iy + self.pt;
+            // Row `py / s` of plane `(py % s, 0)`; plane `(py % s, q)` follows `q` planes on.
+            let row_start = (py % s) * s * plane_len + (py / s) * wp;
+            match s {
+                1 => phases[row_start + pl..][..w].copy_from_slice(row),
+                2 => {
+                    // Input columns 2j and 2j+1 land in the phases of `pl` and `pl + 1`.
+                    let even = row_start + (pl % 2) * plane_len + pl / 2;
+                    let odd = row_start + ((pl + 1) % 2) * plane_len + pl.div_ceil(2);
+                    let pairs = row.chunks_exact(2);
+                    if let Some(&x) = pairs.remainder().first() {
+                        phases[even + w / 2] = x;
+                    }
+                    for (j, pair) in pairs.enumerate() {
+                        phases[even + j] = pair[0];
+                        phases[odd + j] = pair[1];
+                    }
+                }
+                _ => {
+                    for q in 0..s {
+                        // The first input column whose padded column `ix + pl` is in phase `q`.
+                        let ix0 = (q + s - pl % s) % s;
+                        if ix0 >= w {
+                            continue;
+                        }
+                        let plane_row = &mut phases[row_start + q * plane_len + (ix0 + pl) / s..];
+                        for (p, &x) in plane_row.iter_mut().zip(row[ix0..].iter().step_by(s)) {
+                            *p = x;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Applies `epilogue` to `values`, with AVX2 where the CPU has it.
+fn apply_epilogue(epilogue: Epilogue, values: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports AVX2 (checked just above).
+        unsafe { apply_epilogue_avx2(epilogue, values) };
+        return;
+    }
+    epilogue.apply(values)
+}
+
+/// [`Epilogue::apply`] compiled for AVX2.
+///
+/// # Safety
+/// The CPU must support AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn apply_epilogue_avx2(epilogue: Epilogue, values: &mut [f32]) {
+    epilogue.apply(values)
 }
 
 /// One depthwise channel: `run[q] = act(bias + sum_t taps[t] * phases[starts[t] + q])`.
@@ -498,21 +550,21 @@ fn depthwise_taps<M: MulAdd, const K: usize>(
     }
 }
 
-/// Output columns `[lo, hi)` whose input column `ox*s + kx - pad` lies inside `0..w`.
-fn valid_span(ow: usize, w: usize, kx: usize, pad: usize, s: usize) -> (usize, usize) {
-    // ox*s + kx >= pad  and  ox*s + kx - pad < w
-    let lo = if kx >= pad { 0 } else { (pad - kx).div_ceil(s) };
-    let hi = if w + pad > kx {
-        (w + pad - kx).div_ceil(s).min(ow)
-    } else {
-        0
-    };
-    (lo.min(hi), hi)
-}
-
-/// `dst[m x n] = lhs[m x k] * rhs[k x n]`, all row-major and contiguous.
-fn gemm_row_major(m: usize, n: usize, k: usize, lhs: &[f32], rhs: &[f32], dst: &mut [f32]) {
-    assert!(lhs.len() >= m * k && rhs.len() >= k * n && dst.len() >= m * n);
+/// `dst[m x n] = lhs[m x k] * rhs[k x n]`, row-major; `lhs` is contiguous, rows of `rhs` and
+/// `dst` are `row_stride` apart.
+#[allow(clippy::too_many_arguments)]
+fn gemm_row_major(
+    m: usize,
+    n: usize,
+    k: usize,
+    row_stride: usize,
+    lhs: &[f32],
+    rhs: &[f32],
+    dst: &mut [f32],
+) {
+    assert!(m > 0 && k > 0 && n <= row_stride);
+    assert!(lhs.len() >= m * k);
+    assert!(rhs.len() >= (k - 1) * row_stride + n && dst.len() >= (m - 1) * row_stride + n);
     // SAFETY: the slices are at least as long as the strides below address (checked above).
     unsafe {
         gemm::gemm(
@@ -521,14 +573,14 @@ fn gemm_row_major(m: usize, n: usize, k: usize, lhs: &[f32], rhs: &[f32], dst: &
             k,
             dst.as_mut_ptr(),
             1,
-            n as isize,
+            row_stride as isize,
             false,
             lhs.as_ptr(),
             1,
             k as isize,
             rhs.as_ptr(),
             1,
-            n as isize,
+            row_stride as isize,
             0.0,
             1.0,
             false,
@@ -641,6 +693,10 @@ mod tests {
             };
             check(3, 5, 3, h + 1, w + 1, g)?;
         }
+        // big enough for the GEMM to run in several column blocks, the last one partial
+        check(300, 200, 1, 20, 21, ConvGeometry::new(1, 0, 1))?;
+        check(40, 48, 3, 20, 21, ConvGeometry::new(1, 1, 1))?;
+        check(24, 48, 3, 41, 43, ConvGeometry::new(2, 1, 2))?;
         Ok(())
     }
 
