@@ -247,7 +247,7 @@ impl FusedConv2d {
         let k = cin_g * kh * kw;
         let plane = oh * ow;
         let layout = PhaseLayout::new(&self.geometry, h, w);
-        let mut cols = vec![0f32; k * plane];
+        let mut cols = Vec::with_capacity(k * plane);
         // Zero once: every channel fills the same plane positions, so the padding stays zero.
         let mut phases = vec![0f32; cin_g * layout.len];
         for g in 0..groups {
@@ -255,12 +255,12 @@ impl FusedConv2d {
                 let channel = &src[(g * cin_g + ci) * h * w..][..h * w];
                 let planes = &mut phases[ci * layout.len..][..layout.len];
                 layout.fill(channel, planes);
+                // Column-matrix row `(ci, ky, kx)`, column `(oy, ox)`, appended in that order.
                 for ky in 0..kh {
                     for kx in 0..kw {
                         let start = layout.tap_start(ky, kx);
-                        let row = &mut cols[((ci * kh + ky) * kw + kx) * plane..][..plane];
-                        for (oy, out_row) in row.chunks_exact_mut(ow).enumerate() {
-                            out_row.copy_from_slice(&planes[start + oy * layout.wp..][..ow]);
+                        for oy in 0..oh {
+                            cols.extend_from_slice(&planes[start + oy * layout.wp..][..ow]);
                         }
                     }
                 }
@@ -268,6 +268,7 @@ impl FusedConv2d {
             let weight = &self.weight[g * cout_g * k..(g + 1) * cout_g * k];
             let out = &mut dst[g * cout_g * plane..(g + 1) * cout_g * plane];
             self.gemm_epilogue(g * cout_g, cout_g, weight, &cols, out);
+            cols.clear();
         }
     }
 
@@ -373,16 +374,21 @@ impl PhaseLayout {
             match s {
                 1 => phases[row_start + pl..][..w].copy_from_slice(row),
                 2 => {
-                    // Input columns 2j and 2j+1 land in the phases of `pl` and `pl + 1`.
-                    let even = row_start + (pl % 2) * plane_len + pl / 2;
-                    let odd = row_start + ((pl + 1) % 2) * plane_len + pl.div_ceil(2);
+                    // Input columns 2j and 2j+1 land in the phases of `pl` and `pl + 1`, in the
+                    // same row of planes `(py % 2, 0)` and `(py % 2, 1)`.
+                    let (p0, p1) = phases[row_start..].split_at_mut(plane_len);
+                    let (even, odd) = if pl % 2 == 0 {
+                        (&mut p0[pl / 2..], &mut p1[pl / 2..])
+                    } else {
+                        (&mut p1[pl / 2..], &mut p0[pl.div_ceil(2)..])
+                    };
                     let pairs = row.chunks_exact(2);
                     if let Some(&x) = pairs.remainder().first() {
-                        phases[even + w / 2] = x;
+                        even[w / 2] = x;
                     }
-                    for (j, pair) in pairs.enumerate() {
-                        phases[even + j] = pair[0];
-                        phases[odd + j] = pair[1];
+                    for ((e, o), pair) in even.iter_mut().zip(odd.iter_mut()).zip(pairs) {
+                        *e = pair[0];
+                        *o = pair[1];
                     }
                 }
                 _ => {
