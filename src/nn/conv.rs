@@ -277,20 +277,24 @@ impl FusedConv2d {
     /// Each channel is first copied into zero-padded *phase planes* ([`PhaseLayout`]), where
     /// every tap reads one contiguous run with no bounds tests, whatever the stride and padding.
     /// Output rows are computed `wp` (the plane width) apart as one flat run; the `wp - ow`
-    /// extra values after each row are dropped when the run is copied out.
+    /// extra values after each row are dropped when the run is copied out. The run is rounded up
+    /// to whole [`DEPTHWISE_LANES`] groups, read from zeros after the planes, so the kernel has
+    /// no scalar tail.
     fn depthwise(&self, src: &[f32], dst: &mut [f32], h: usize, w: usize, oh: usize, ow: usize) {
         let (kh, kw) = self.kernel;
         let layout = PhaseLayout::new(&self.geometry, h, w);
-        let run_len = (oh - 1) * layout.wp + ow;
+        let run_len = ((oh - 1) * layout.wp + ow).next_multiple_of(DEPTHWISE_LANES);
         let starts: Vec<usize> = (0..kh)
             .flat_map(|ky| (0..kw).map(move |kx| (ky, kx)))
             .map(|(ky, kx)| layout.tap_start(ky, kx))
             .collect();
         let kernel = depthwise_kernel();
-        // `scratch` holds the phase planes, then the output run. Every channel writes the same
-        // plane positions, so the padding written as zeros when `scratch` is made stays zero.
+        // `scratch` holds the phase planes, the zeros the rounded-up run reads past them, then
+        // the output run. Every channel writes the same plane positions, so the padding written
+        // as zeros when `scratch` is made stays zero.
+        let phases_len = layout.len + DEPTHWISE_LANES;
         let channel_job = |c: usize, out: &mut [f32], scratch: &mut Vec<f32>| {
-            let (phases, run) = scratch.split_at_mut(layout.len);
+            let (phases, run) = scratch.split_at_mut(phases_len);
             layout.fill(&src[c * h * w..(c + 1) * h * w], phases);
             let taps = &self.weight[c * kh * kw..(c + 1) * kh * kw];
             let epilogue = self.activation.epilogue(c, self.bias[c]);
@@ -300,7 +304,7 @@ impl FusedConv2d {
             }
         };
         let plane = oh * ow;
-        let new_scratch = || vec![0f32; layout.len + run_len];
+        let new_scratch = || vec![0f32; phases_len + run_len];
         if crate::nn::num_threads() > 1 {
             use rayon::prelude::*;
             dst.par_chunks_exact_mut(plane)
@@ -430,6 +434,9 @@ unsafe fn apply_epilogue_avx2(epilogue: Epilogue, values: &mut [f32]) {
     epilogue.apply(values)
 }
 
+/// Outputs the depthwise kernel sums at once (one AVX2 register).
+const DEPTHWISE_LANES: usize = 8;
+
 /// One depthwise channel: `run[q] = act(bias + sum_t taps[t] * phases[starts[t] + q])`.
 type DepthwiseKernel = fn(&[f32], &[usize], &[f32], Epilogue, &mut [f32]);
 
@@ -528,7 +535,7 @@ fn depthwise_taps<M: MulAdd, const K: usize>(
     epilogue: Epilogue,
     run: &mut [f32],
 ) {
-    const LANES: usize = 8;
+    const LANES: usize = DEPTHWISE_LANES;
     let n = run.len();
     let taps: &[f32; K] = taps.try_into().expect("tap count");
     let sources: [&[f32]; K] = std::array::from_fn(|t| &phases[starts[t]..starts[t] + n]);
