@@ -2,8 +2,13 @@
 //!
 //! Three kernels cover every layer we run:
 //! - pointwise (1x1, stride 1): one GEMM, `out[Cout, HW] = W[Cout, Cin] * x[Cin, HW]`;
-//! - depthwise (one input channel per group): a direct loop over valid output spans;
-//! - anything else: im2col per group, then one GEMM per group.
+//! - depthwise (one input channel per group): a direct loop summing all taps of 8 outputs in
+//!   registers, reading zero-padded phase planes ([`PhaseLayout`]) so it has no bounds tests;
+//! - anything else: im2col (from the same phase planes) per group, then one GEMM per group.
+//!
+//! Bias and activation are applied inside each kernel (per L2-sized column block for the GEMMs).
+//! The depthwise kernel and the GEMM epilogue are compiled twice on x86-64, portable and
+//! AVX2(+FMA), and picked at runtime; the `gemm` crate dispatches its own (AVX2 or AVX-512).
 //!
 //! Input must be `f32`, `NCHW`; any batch size.
 
