@@ -49,11 +49,16 @@ struct Epilogue {
 }
 
 impl Epilogue {
-    /// The activation of `u`, which already includes the bias.
+    /// The activation of `u`, which already includes the bias. Comparisons rather than
+    /// `f32::min` so a NaN stays NaN (as with `clamp`).
     #[inline(always)]
     fn activate(self, u: f32) -> f32 {
         let u = if u < 0.0 { u * self.slope } else { u };
-        u.min(self.max)
+        if u > self.max {
+            self.max
+        } else {
+            u
+        }
     }
 
     /// Adds the bias to every value and applies the activation, in place.
