@@ -2,8 +2,13 @@
 //!
 //! Three kernels cover every layer we run:
 //! - pointwise (1x1, stride 1): one GEMM, `out[Cout, HW] = W[Cout, Cin] * x[Cin, HW]`;
-//! - depthwise (one input channel per group): a direct loop over valid output spans;
-//! - anything else: im2col per group, then one GEMM per group.
+//! - depthwise (one input channel per group): a direct loop summing all taps of 8 outputs in
+//!   registers, reading zero-padded phase planes ([`PhaseLayout`]) so it has no bounds tests;
+//! - anything else: im2col (from the same phase planes) per group, then one GEMM per group.
+//!
+//! Bias and activation are applied inside each kernel (per L2-sized column block for the GEMMs).
+//! The depthwise kernel and the GEMM epilogue are compiled twice on x86-64, portable and
+//! AVX2(+FMA), and picked at runtime; the `gemm` crate dispatches its own (AVX2 or AVX-512).
 //!
 //! Input must be `f32`, `NCHW`; any batch size.
 
@@ -21,22 +26,46 @@ pub enum Activation {
 }
 
 impl Activation {
-    #[inline]
-    fn apply(&self, channel: usize, values: &mut [f32]) {
-        match self {
-            Activation::Identity => {}
-            Activation::Relu => values.iter_mut().for_each(|v| *v = v.max(0.0)),
-            Activation::Relu6 => values.iter_mut().for_each(|v| *v = v.clamp(0.0, 6.0)),
-            Activation::LeakyRelu(a) => values
-                .iter_mut()
-                .for_each(|v| *v = if *v < 0.0 { *v * a } else { *v }),
-            Activation::PRelu(slopes) => {
-                let a = slopes[channel];
-                values
-                    .iter_mut()
-                    .for_each(|v| *v = if *v < 0.0 { *v * a } else { *v })
-            }
+    /// This activation for output channel `channel`, in the branch-free form the kernels use.
+    fn epilogue(&self, channel: usize, bias: f32) -> Epilogue {
+        let (slope, max) = match self {
+            Activation::Identity => (1.0, f32::INFINITY),
+            Activation::Relu => (0.0, f32::INFINITY),
+            Activation::Relu6 => (0.0, 6.0),
+            Activation::LeakyRelu(a) => (*a, f32::INFINITY),
+            Activation::PRelu(slopes) => (slopes[channel], f32::INFINITY),
+        };
+        Epilogue { bias, slope, max }
+    }
+}
+
+/// Bias plus activation for one output channel: `v -> min(u < 0 ? u * slope : u, max)` with
+/// `u = v + bias`. Every [`Activation`] has this form, so the kernels apply it with no branches.
+#[derive(Debug, Clone, Copy)]
+struct Epilogue {
+    bias: f32,
+    slope: f32,
+    max: f32,
+}
+
+impl Epilogue {
+    /// The activation of `u`, which already includes the bias. Comparisons rather than
+    /// `f32::min` so a NaN stays NaN (as with `clamp`).
+    #[inline(always)]
+    fn activate(self, u: f32) -> f32 {
+        let u = if u < 0.0 { u * self.slope } else { u };
+        if u > self.max {
+            self.max
+        } else {
+            u
         }
+    }
+
+    /// Adds the bias to every value and applies the activation, in place.
+    fn apply(self, values: &mut [f32]) {
+        values
+            .iter_mut()
+            .for_each(|v| *v = self.activate(*v + self.bias));
     }
 }
 
@@ -177,165 +206,388 @@ impl FusedConv2d {
         let in_plane = self.in_channels * h * w;
         let out_plane = self.out_channels * oh * ow;
         let mut out = vec![0f32; n * out_plane];
-        let mut scratch = Vec::new();
         for b in 0..n {
             let src = &input[b * in_plane..(b + 1) * in_plane];
             let dst = &mut out[b * out_plane..(b + 1) * out_plane];
             match self.kind {
-                Kernel::Pointwise => self.pointwise(src, dst, h * w),
-                Kernel::Depthwise => self.depthwise(src, dst, h, w, oh, ow),
-                Kernel::Im2col => self.im2col_gemm(src, dst, h, w, oh, ow, &mut scratch),
-            }
-            let plane = oh * ow;
-            for (c, chunk) in dst.chunks_exact_mut(plane).enumerate() {
-                if self.kind == Kernel::Depthwise {
-                    // The depthwise kernel already added the bias.
-                } else {
-                    let bias = self.bias[c];
-                    chunk.iter_mut().for_each(|v| *v += bias);
+                Kernel::Pointwise => {
+                    self.gemm_epilogue(0, self.out_channels, &self.weight, src, dst)
                 }
-                self.activation.apply(c, chunk);
+                Kernel::Depthwise => self.depthwise(src, dst, h, w, oh, ow),
+                Kernel::Im2col => self.im2col_gemm(src, dst, h, w, oh, ow),
             }
         }
         Ok((out, oh, ow))
     }
 
-    fn pointwise(&self, src: &[f32], dst: &mut [f32], plane: usize) {
-        gemm_row_major(
-            self.out_channels,
-            plane,
-            self.in_channels,
-            &self.weight,
-            src,
-            dst,
-        );
+    /// `dst = act(weight * rhs + bias)` for output channels `c0..c0 + m`: `weight` is `m x k`,
+    /// `rhs` is `k x n` and `dst` is `m x n`, all row-major (`n` = `dst.len() / m`).
+    ///
+    /// Runs in column blocks whose output and input fit in L2, so bias and activation are
+    /// applied while the block is still in cache instead of in a second pass over memory.
+    fn gemm_epilogue(&self, c0: usize, m: usize, weight: &[f32], rhs: &[f32], dst: &mut [f32]) {
+        let n = dst.len() / m;
+        let k = weight.len() / m;
+        // Repacking `weight` per block costs about 2/`block` of the multiply: keep blocks >= 128.
+        let block = if crate::nn::num_threads() > 1 {
+            n
+        } else {
+            (L2_BLOCK_FLOATS / (m + k)).max(128) / 16 * 16
+        };
+        let epilogues: Vec<Epilogue> = (c0..c0 + m)
+            .map(|c| self.activation.epilogue(c, self.bias[c]))
+            .collect();
+        for j0 in (0..n).step_by(block) {
+            let nb = block.min(n - j0);
+            gemm_row_major(m, nb, k, n, weight, &rhs[j0..], &mut dst[j0..]);
+            for (row, &epilogue) in dst[j0..].chunks_mut(n).zip(&epilogues) {
+                apply_epilogue(epilogue, &mut row[..nb]);
+            }
+        }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn im2col_gemm(
-        &self,
-        src: &[f32],
-        dst: &mut [f32],
-        h: usize,
-        w: usize,
-        oh: usize,
-        ow: usize,
-        cols: &mut Vec<f32>,
-    ) {
+    /// General convolution: per group, the input channels go into phase planes (see
+    /// [`Self::depthwise`]), im2col copies one contiguous run per output row and tap from them,
+    /// and a GEMM with fused epilogue produces the group's output channels.
+    fn im2col_gemm(&self, src: &[f32], dst: &mut [f32], h: usize, w: usize, oh: usize, ow: usize) {
         let (kh, kw) = self.kernel;
         let groups = self.geometry.groups;
         let cin_g = self.in_channels / groups;
         let cout_g = self.out_channels / groups;
         let k = cin_g * kh * kw;
         let plane = oh * ow;
-        let [pt, pl, _, _] = self.geometry.padding;
-        let s = self.geometry.stride;
-        cols.clear();
-        cols.resize(k * plane, 0.0);
+        let layout = PhaseLayout::new(&self.geometry, h, w);
+        let mut cols = Vec::with_capacity(k * plane);
+        // Zero once: every channel fills the same plane positions, so the padding stays zero.
+        let mut phases = vec![0f32; cin_g * layout.len];
         for g in 0..groups {
-            // Fill the column matrix: row (ci, ky, kx), column (oy, ox).
             for ci in 0..cin_g {
-                let channel = &src[(g * cin_g + ci) * h * w..(g * cin_g + ci + 1) * h * w];
+                let channel = &src[(g * cin_g + ci) * h * w..][..h * w];
+                let planes = &mut phases[ci * layout.len..][..layout.len];
+                layout.fill(channel, planes);
+                // Column-matrix row `(ci, ky, kx)`, column `(oy, ox)`, appended in that order.
                 for ky in 0..kh {
                     for kx in 0..kw {
-                        let row = &mut cols[((ci * kh + ky) * kw + kx) * plane..][..plane];
-                        let (x_lo, x_hi) = valid_span(ow, w, kx, pl, s);
+                        let start = layout.tap_start(ky, kx);
                         for oy in 0..oh {
-                            let out_row = &mut row[oy * ow..(oy + 1) * ow];
-                            let iy = (oy * s + ky) as isize - pt as isize;
-                            if iy < 0 || iy >= h as isize || x_lo >= x_hi {
-                                out_row.fill(0.0);
-                                continue;
-                            }
-                            let in_row = &channel[iy as usize * w..(iy as usize + 1) * w];
-                            out_row[..x_lo].fill(0.0);
-                            out_row[x_hi..].fill(0.0);
-                            let x0 = x_lo * s + kx - pl;
-                            if s == 1 {
-                                out_row[x_lo..x_hi]
-                                    .copy_from_slice(&in_row[x0..x0 + (x_hi - x_lo)]);
-                            } else {
-                                for (o, ox) in (x_lo..x_hi).enumerate() {
-                                    out_row[ox] = in_row[x0 + o * s];
-                                }
-                            }
+                            cols.extend_from_slice(&planes[start + oy * layout.wp..][..ow]);
                         }
                     }
                 }
             }
             let weight = &self.weight[g * cout_g * k..(g + 1) * cout_g * k];
             let out = &mut dst[g * cout_g * plane..(g + 1) * cout_g * plane];
-            gemm_row_major(cout_g, plane, k, weight, cols, out);
+            self.gemm_epilogue(g * cout_g, cout_g, weight, &cols, out);
+            cols.clear();
         }
     }
 
+    /// Depthwise convolution with bias and activation, one channel at a time.
+    ///
+    /// Each channel is first copied into zero-padded *phase planes* ([`PhaseLayout`]), where
+    /// every tap reads one contiguous run with no bounds tests, whatever the stride and padding.
+    /// Output rows are computed `wp` (the plane width) apart as one flat run; the `wp - ow`
+    /// extra values after each row are dropped when the run is copied out. The run is rounded up
+    /// to whole [`DEPTHWISE_LANES`] groups, read from zeros after the planes, so the kernel has
+    /// no scalar tail.
     fn depthwise(&self, src: &[f32], dst: &mut [f32], h: usize, w: usize, oh: usize, ow: usize) {
         let (kh, kw) = self.kernel;
-        let [pt, pl, _, _] = self.geometry.padding;
-        let s = self.geometry.stride;
-        let spans: Vec<(usize, usize)> = (0..kw).map(|kx| valid_span(ow, w, kx, pl, s)).collect();
-        let channel_job = |c: usize, out: &mut [f32]| {
-            let input = &src[c * h * w..(c + 1) * h * w];
+        let layout = PhaseLayout::new(&self.geometry, h, w);
+        let run_len = ((oh - 1) * layout.wp + ow).next_multiple_of(DEPTHWISE_LANES);
+        let starts: Vec<usize> = (0..kh)
+            .flat_map(|ky| (0..kw).map(move |kx| (ky, kx)))
+            .map(|(ky, kx)| layout.tap_start(ky, kx))
+            .collect();
+        let kernel = depthwise_kernel();
+        // `scratch` holds the phase planes, the zeros the rounded-up run reads past them, then
+        // the output run. Every channel writes the same plane positions, so the padding written
+        // as zeros when `scratch` is made stays zero.
+        let phases_len = layout.len + DEPTHWISE_LANES;
+        let channel_job = |c: usize, out: &mut [f32], scratch: &mut Vec<f32>| {
+            let (phases, run) = scratch.split_at_mut(phases_len);
+            layout.fill(&src[c * h * w..(c + 1) * h * w], phases);
             let taps = &self.weight[c * kh * kw..(c + 1) * kh * kw];
-            out.fill(self.bias[c]);
-            for oy in 0..oh {
-                let out_row = &mut out[oy * ow..(oy + 1) * ow];
-                for ky in 0..kh {
-                    let iy = (oy * s + ky) as isize - pt as isize;
-                    if iy < 0 || iy >= h as isize {
-                        continue;
-                    }
-                    let in_row = &input[iy as usize * w..(iy as usize + 1) * w];
-                    for (kx, &(x_lo, x_hi)) in spans.iter().enumerate() {
-                        if x_lo >= x_hi {
-                            continue;
-                        }
-                        let tap = taps[ky * kw + kx];
-                        let x0 = x_lo * s + kx - pl;
-                        let out_span = &mut out_row[x_lo..x_hi];
-                        if s == 1 {
-                            let in_span = &in_row[x0..x0 + out_span.len()];
-                            for (o, i) in out_span.iter_mut().zip(in_span) {
-                                *o += tap * i;
-                            }
-                        } else {
-                            for (j, o) in out_span.iter_mut().enumerate() {
-                                *o += tap * in_row[x0 + j * s];
-                            }
-                        }
-                    }
-                }
+            let epilogue = self.activation.epilogue(c, self.bias[c]);
+            kernel(taps, &starts, phases, epilogue, run);
+            for (o, r) in out.chunks_exact_mut(ow).zip(run.chunks(layout.wp)) {
+                o.copy_from_slice(&r[..ow]);
             }
         };
         let plane = oh * ow;
+        let new_scratch = || vec![0f32; phases_len + run_len];
         if crate::nn::num_threads() > 1 {
             use rayon::prelude::*;
             dst.par_chunks_exact_mut(plane)
                 .enumerate()
-                .for_each(|(c, out)| channel_job(c, out));
+                .for_each_init(new_scratch, |scratch, (c, out)| {
+                    channel_job(c, out, scratch)
+                });
         } else {
+            let mut scratch = new_scratch();
             dst.chunks_exact_mut(plane)
                 .enumerate()
-                .for_each(|(c, out)| channel_job(c, out));
+                .for_each(|(c, out)| channel_job(c, out, &mut scratch));
         }
     }
 }
 
-/// Output columns `[lo, hi)` whose input column `ox*s + kx - pad` lies inside `0..w`.
-fn valid_span(ow: usize, w: usize, kx: usize, pad: usize, s: usize) -> (usize, usize) {
-    // ox*s + kx >= pad  and  ox*s + kx - pad < w
-    let lo = if kx >= pad { 0 } else { (pad - kx).div_ceil(s) };
-    let hi = if w + pad > kx {
-        (w + pad - kx).div_ceil(s).min(ow)
-    } else {
-        0
-    };
-    (lo.min(hi), hi)
+/// Floats of GEMM input plus output per column block of [`FusedConv2d::gemm_epilogue`] (256 KiB).
+const L2_BLOCK_FLOATS: usize = 64 * 1024;
+
+/// One input channel stored as zero-padded *phase planes*: for stride `s`, plane `(py, px)`
+/// holds the padded input at rows `py + s*i` and columns `px + s*j`, `i, j >= 0`, and the
+/// `s * s` planes of `hp x wp` values follow each other. Tap `(ky, kx)` of output `(oy, ox)` is
+/// element `(oy + ky/s, ox + kx/s)` of plane `(ky%s, kx%s)`, so the taps of consecutive outputs
+/// are consecutive in memory.
+struct PhaseLayout {
+    h: usize,
+    w: usize,
+    stride: usize,
+    /// Top and left padding.
+    pt: usize,
+    pl: usize,
+    /// Width of a plane.
+    wp: usize,
+    /// Length of a plane, `hp * wp`.
+    plane_len: usize,
+    /// Length of all `s * s` planes.
+    len: usize,
 }
 
-/// `dst[m x n] = lhs[m x k] * rhs[k x n]`, all row-major and contiguous.
-fn gemm_row_major(m: usize, n: usize, k: usize, lhs: &[f32], rhs: &[f32], dst: &mut [f32]) {
-    assert!(lhs.len() >= m * k && rhs.len() >= k * n && dst.len() >= m * n);
+impl PhaseLayout {
+    fn new(geometry: &ConvGeometry, h: usize, w: usize) -> Self {
+        let [pt, pl, pb, pr] = geometry.padding;
+        let s = geometry.stride;
+        let (hp, wp) = ((h + pt + pb).div_ceil(s), (w + pl + pr).div_ceil(s));
+        Self {
+            h,
+            w,
+            stride: s,
+            pt,
+            pl,
+            wp,
+            plane_len: hp * wp,
+            len: s * s * hp * wp,
+        }
+    }
+
+    /// Where tap `(ky, kx)` of output `(0, 0)` is; output `(oy, ox)` adds `oy * wp + ox`.
+    fn tap_start(&self, ky: usize, kx: usize) -> usize {
+        let s = self.stride;
+        ((ky % s) * s + kx % s) * self.plane_len + (ky / s) * self.wp + kx / s
+    }
+
+    /// Copies an `h x w` channel into its planes (`len` values). Padding positions are not
+    /// written: they must already be zero.
+    fn fill(&self, channel: &[f32], phases: &mut [f32]) {
+        let (s, w, pl, wp, plane_len) = (self.stride, self.w, self.pl, self.wp, self.plane_len);
+        for (iy, row) in channel.chunks_exact(w).take(self.h).enumerate() {
+            let py = iy + self.pt;
+            // Row `py / s` of plane `(py % s, 0)`; plane `(py % s, q)` follows `q` planes on.
+            let row_start = (py % s) * s * plane_len + (py / s) * wp;
+            match s {
+                1 => phases[row_start + pl..][..w].copy_from_slice(row),
+                2 => {
+                    // Input columns 2j and 2j+1 land in the phases of `pl` and `pl + 1`, in the
+                    // same row of planes `(py % 2, 0)` and `(py % 2, 1)`.
+                    let (p0, p1) = phases[row_start..].split_at_mut(plane_len);
+                    let (even, odd) = if pl % 2 == 0 {
+                        (&mut p0[pl / 2..], &mut p1[pl / 2..])
+                    } else {
+                        (&mut p1[pl / 2..], &mut p0[pl.div_ceil(2)..])
+                    };
+                    let pairs = row.chunks_exact(2);
+                    if let Some(&x) = pairs.remainder().first() {
+                        even[w / 2] = x;
+                    }
+                    for ((e, o), pair) in even.iter_mut().zip(odd.iter_mut()).zip(pairs) {
+                        *e = pair[0];
+                        *o = pair[1];
+                    }
+                }
+                _ => {
+                    for q in 0..s {
+                        // The first input column whose padded column `ix + pl` is in phase `q`.
+                        let ix0 = (q + s - pl % s) % s;
+                        if ix0 >= w {
+                            continue;
+                        }
+                        let plane_row = &mut phases[row_start + q * plane_len + (ix0 + pl) / s..];
+                        for (p, &x) in plane_row.iter_mut().zip(row[ix0..].iter().step_by(s)) {
+                            *p = x;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Applies `epilogue` to `values`, with AVX2 where the CPU has it.
+fn apply_epilogue(epilogue: Epilogue, values: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports AVX2 (checked just above).
+        unsafe { apply_epilogue_avx2(epilogue, values) };
+        return;
+    }
+    epilogue.apply(values)
+}
+
+/// [`Epilogue::apply`] compiled for AVX2.
+///
+/// # Safety
+/// The CPU must support AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn apply_epilogue_avx2(epilogue: Epilogue, values: &mut [f32]) {
+    epilogue.apply(values)
+}
+
+/// Outputs the depthwise kernel sums at once (one AVX2 register).
+const DEPTHWISE_LANES: usize = 8;
+
+/// One depthwise channel: `run[q] = act(bias + sum_t taps[t] * phases[starts[t] + q])`.
+type DepthwiseKernel = fn(&[f32], &[usize], &[f32], Epilogue, &mut [f32]);
+
+/// The fastest depthwise kernel this CPU runs.
+fn depthwise_kernel() -> DepthwiseKernel {
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+        return |taps, starts, phases, epilogue, run| {
+            // SAFETY: this closure is only returned after checking the CPU has AVX2 and FMA.
+            unsafe { depthwise_avx2(taps, starts, phases, epilogue, run) }
+        };
+    }
+    depthwise_run::<PortableMulAdd>
+}
+
+/// [`depthwise_run`] compiled for AVX2 + FMA (8 lanes, fused multiply-add).
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn depthwise_avx2(
+    taps: &[f32],
+    starts: &[usize],
+    phases: &[f32],
+    epilogue: Epilogue,
+    run: &mut [f32],
+) {
+    depthwise_run::<Fused>(taps, starts, phases, epilogue, run)
+}
+
+/// Multiply-add as the kernels do it: `a * b + c`, fused into one rounding or not.
+trait MulAdd {
+    fn mul_add(a: f32, b: f32, c: f32) -> f32;
+}
+
+/// One rounding; only used where the CPU has an FMA instruction (else it is a slow libm call).
+struct Fused;
+
+impl MulAdd for Fused {
+    #[inline(always)]
+    fn mul_add(a: f32, b: f32, c: f32) -> f32 {
+        a.mul_add(b, c)
+    }
+}
+
+/// A multiply then an add.
+#[cfg(not(target_arch = "aarch64"))]
+struct Unfused;
+
+#[cfg(not(target_arch = "aarch64"))]
+impl MulAdd for Unfused {
+    #[inline(always)]
+    fn mul_add(a: f32, b: f32, c: f32) -> f32 {
+        a * b + c
+    }
+}
+
+/// Every aarch64 CPU has FMA; x86-64 only guarantees SSE2.
+#[cfg(target_arch = "aarch64")]
+type PortableMulAdd = Fused;
+#[cfg(not(target_arch = "aarch64"))]
+type PortableMulAdd = Unfused;
+
+/// See [`DepthwiseKernel`]. The common 3x3 and 5x5 kernels get unrolled tap loops.
+#[inline(always)]
+fn depthwise_run<M: MulAdd>(
+    taps: &[f32],
+    starts: &[usize],
+    phases: &[f32],
+    epilogue: Epilogue,
+    run: &mut [f32],
+) {
+    match taps.len() {
+        9 => depthwise_taps::<M, 9>(taps, starts, phases, epilogue, run),
+        25 => depthwise_taps::<M, 25>(taps, starts, phases, epilogue, run),
+        _ => {
+            run.fill(epilogue.bias);
+            for (&tap, &start) in taps.iter().zip(starts) {
+                for (r, &x) in run.iter_mut().zip(&phases[start..]) {
+                    *r = M::mul_add(tap, x, *r);
+                }
+            }
+            run.iter_mut().for_each(|r| *r = epilogue.activate(*r));
+        }
+    }
+}
+
+/// [`depthwise_run`] for exactly `K` taps: each group of `LANES` outputs is summed in registers
+/// over all taps, then stored once.
+#[inline(always)]
+fn depthwise_taps<M: MulAdd, const K: usize>(
+    taps: &[f32],
+    starts: &[usize],
+    phases: &[f32],
+    epilogue: Epilogue,
+    run: &mut [f32],
+) {
+    const LANES: usize = DEPTHWISE_LANES;
+    let n = run.len();
+    let taps: &[f32; K] = taps.try_into().expect("tap count");
+    let sources: [&[f32]; K] = std::array::from_fn(|t| &phases[starts[t]..starts[t] + n]);
+    let (head, tail) = run.split_at_mut(n - n % LANES);
+    for (i, chunk) in head.chunks_exact_mut(LANES).enumerate() {
+        let q = i * LANES;
+        let mut acc = [epilogue.bias; LANES];
+        for (&tap, source) in taps.iter().zip(&sources) {
+            let x: &[f32; LANES] = source[q..q + LANES].try_into().expect("lane count");
+            for (a, &x) in acc.iter_mut().zip(x) {
+                *a = M::mul_add(tap, x, *a);
+            }
+        }
+        for (o, a) in chunk.iter_mut().zip(acc) {
+            *o = epilogue.activate(a);
+        }
+    }
+    let q0 = head.len();
+    for (i, o) in tail.iter_mut().enumerate() {
+        let mut acc = epilogue.bias;
+        for (&tap, source) in taps.iter().zip(&sources) {
+            acc = M::mul_add(tap, source[q0 + i], acc);
+        }
+        *o = epilogue.activate(acc);
+    }
+}
+
+/// `dst[m x n] = lhs[m x k] * rhs[k x n]`, row-major; `lhs` is contiguous, rows of `rhs` and
+/// `dst` are `row_stride` apart.
+#[allow(clippy::too_many_arguments)]
+fn gemm_row_major(
+    m: usize,
+    n: usize,
+    k: usize,
+    row_stride: usize,
+    lhs: &[f32],
+    rhs: &[f32],
+    dst: &mut [f32],
+) {
+    assert!(m > 0 && k > 0 && n <= row_stride);
+    assert!(lhs.len() >= m * k);
+    assert!(rhs.len() >= (k - 1) * row_stride + n && dst.len() >= (m - 1) * row_stride + n);
     // SAFETY: the slices are at least as long as the strides below address (checked above).
     unsafe {
         gemm::gemm(
@@ -344,14 +596,14 @@ fn gemm_row_major(m: usize, n: usize, k: usize, lhs: &[f32], rhs: &[f32], dst: &
             k,
             dst.as_mut_ptr(),
             1,
-            n as isize,
+            row_stride as isize,
             false,
             lhs.as_ptr(),
             1,
             k as isize,
             rhs.as_ptr(),
             1,
-            n as isize,
+            row_stride as isize,
             0.0,
             1.0,
             false,
@@ -446,6 +698,10 @@ mod tests {
                 check(4, 4, 1, h, w, ConvGeometry::new(s, 0, 1))?;
             }
             check(4, 4, 5, h + 4, w + 4, ConvGeometry::new(1, 0, 4))?;
+            // depthwise: 5x5 padded, stride 2 and 3, and a kernel size without an unrolled path
+            check(4, 4, 5, h, w, ConvGeometry::new(2, 2, 4))?;
+            check(4, 4, 3, h, w, ConvGeometry::new(3, 1, 4))?;
+            check(4, 4, 2, h + 1, w + 1, ConvGeometry::new(1, 0, 4))?;
             // asymmetric padding, as Keras/TFLite "same" with stride 2
             let g = ConvGeometry {
                 stride: 2,
@@ -460,7 +716,33 @@ mod tests {
             };
             check(3, 5, 3, h + 1, w + 1, g)?;
         }
+        // big enough for the GEMM to run in several column blocks, the last one partial
+        check(300, 200, 1, 20, 21, ConvGeometry::new(1, 0, 1))?;
+        check(40, 48, 3, 20, 21, ConvGeometry::new(1, 1, 1))?;
+        check(24, 48, 3, 41, 43, ConvGeometry::new(2, 1, 2))?;
         Ok(())
+    }
+
+    /// The dispatched (AVX2 on most x86-64) and portable depthwise kernels agree.
+    #[test]
+    fn depthwise_kernels_agree() {
+        let phases: Vec<f32> = (0..200).map(|i| ((i * 37) % 23) as f32 - 11.0).collect();
+        for k in [4, 9, 25] {
+            let taps: Vec<f32> = (0..k).map(|t| 0.25 * t as f32 - 1.0).collect();
+            let starts: Vec<usize> = (0..k).map(|t| (t * 7) % 40).collect();
+            let epilogue = Activation::LeakyRelu(0.1).epilogue(0, 0.5);
+            for n in [1, 7, 8, 19, 150] {
+                let (mut fast, mut portable) = (vec![0f32; n], vec![0f32; n]);
+                depthwise_kernel()(&taps, &starts, &phases, epilogue, &mut fast);
+                depthwise_run::<PortableMulAdd>(&taps, &starts, &phases, epilogue, &mut portable);
+                for (q, (a, b)) in fast.iter().zip(&portable).enumerate() {
+                    assert!(
+                        (a - b).abs() <= 1e-4 * b.abs().max(1.0),
+                        "k{k} n{n} q{q}: {a} vs {b}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]
