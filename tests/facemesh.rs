@@ -11,16 +11,15 @@
 //!
 //! The weights come from `make models`; the tests fail (never skip) without them.
 
+mod common;
+
 use candle_core::{Device, Tensor};
+use common::{f32s, repo};
 use liveness::models::face_pose::CanonicalFace;
 use liveness::models::facemesh::{mesh_input, FaceMesh, INPUT_SIZE, NUM_LANDMARKS};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::path::PathBuf;
-
-fn repo(path: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(path)
-}
 
 fn golden(file: &str) -> PathBuf {
     repo("../shared/reference/golden").join(file)
@@ -47,14 +46,6 @@ fn canonical() -> CanonicalFace {
 fn cases() -> Value {
     let text = std::fs::read_to_string(golden("facemesh.json")).expect("read facemesh.json");
     serde_json::from_str(&text).expect("parse facemesh.json")
-}
-
-fn f32s(v: &Value) -> Vec<f32> {
-    v.as_array()
-        .expect("array")
-        .iter()
-        .map(|x| x.as_f64().expect("number") as f32)
-        .collect()
 }
 
 fn f64_at(v: &Value, key: &str) -> f64 {

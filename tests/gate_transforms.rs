@@ -2,15 +2,11 @@
 //! (FACE_TOO_SMALL), shift to the edge (FACE_CLOSE_TO_BORDER, FACE_CROPPED), crop tight
 //! (FACE_TOO_CLOSE), paste two faces side by side (TOO_MANY_FACES).
 
-use std::path::PathBuf;
+mod common;
 
+use common::repo;
 use image::{imageops, Rgb, RgbImage};
-use liveness::config::PipelineConfig;
 use liveness::pipeline::{GateCode, Outcome, Pipeline};
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
 
 fn outcome(pipeline: &Pipeline, img: &RgbImage) -> Outcome {
     pipeline.assess_image(img).unwrap().outcome
@@ -18,12 +14,8 @@ fn outcome(pipeline: &Pipeline, img: &RgbImage) -> Outcome {
 
 #[test]
 fn transformed_live_photos_get_their_gate_codes() {
-    let config = PipelineConfig {
-        model_dir: root().join("models"),
-        ..PipelineConfig::default()
-    };
-    let pipeline = Pipeline::load(config).expect("models (run `make models`)");
-    let bytes = std::fs::read(root().join("../shared/data/faces-dev/live_siwm_005.jpg")).unwrap();
+    let pipeline = common::default_pipeline();
+    let bytes = std::fs::read(repo("../shared/data/faces-dev/live_siwm_005.jpg")).unwrap();
     let live = liveness::image_io::decode_rgb(&bytes, Default::default()).unwrap();
     let (w, h) = live.dimensions();
 

@@ -9,6 +9,9 @@
 //! Tolerances from the README: abs 1e-5 on the softmax, 1e-4 on the 128-d and pooled features (other fp32
 //! runtimes differ from the golden by up to 2.6e-5 there).
 
+mod common;
+
+use common::{f32s, max_abs_diff, repo};
 use std::path::{Path, PathBuf};
 
 use candle_core::{Module, Tensor};
@@ -18,16 +21,12 @@ use liveness::models::mask::{
 };
 use serde_json::Value;
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
 fn golden_dir() -> PathBuf {
-    root().join("../shared/reference/golden")
+    common::shared("reference/golden")
 }
 
 fn classifier() -> MaskClassifier {
-    let path = root().join("models/face_mask_detector.safetensors");
+    let path = repo("models/face_mask_detector.safetensors");
     MaskClassifier::load(&path)
         .unwrap_or_else(|e| panic!("{} (run `make models`): {e}", path.display()))
 }
@@ -37,26 +36,10 @@ fn golden() -> Value {
     serde_json::from_str(&text).expect("valid JSON")
 }
 
-fn floats(v: &Value) -> Vec<f32> {
-    v.as_array()
-        .expect("array")
-        .iter()
-        .map(|x| x.as_f64().expect("number") as f32)
-        .collect()
-}
-
 fn png(path: &Path) -> image::RgbImage {
     image::open(path)
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
         .to_rgb8()
-}
-
-fn max_abs_diff(ours: &[f32], want: &[f32]) -> f32 {
-    assert_eq!(ours.len(), want.len());
-    ours.iter()
-        .zip(want)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0, f32::max)
 }
 
 /// The `synthetic_224` case: R = (2x + y) mod 256, G = (x*y) mod 256, B = (255 - y) mod 256.
@@ -81,9 +64,9 @@ fn check_case(net: &MaskClassifier, name: &str, input: &Tensor) -> (f32, f32, f3
     let pooled = out.pooled.flatten_all().unwrap().to_vec1::<f32>().unwrap();
     assert_eq!((probs.len(), hidden.len(), pooled.len()), (2, 128, 1280));
 
-    let d_soft = max_abs_diff(&probs, &floats(&case["softmax_mask_nomask"]));
-    let d_hidden = max_abs_diff(&hidden, &floats(&case["penultimate_128"]));
-    let d_pooled = max_abs_diff(&pooled[..10], &floats(&case["pooled_1280_first_10"]));
+    let d_soft = max_abs_diff(&probs, &f32s(&case["softmax_mask_nomask"]));
+    let d_hidden = max_abs_diff(&hidden, &f32s(&case["penultimate_128"]));
+    let d_pooled = max_abs_diff(&pooled[..10], &f32s(&case["pooled_1280_first_10"]));
     let sum: f64 = pooled.iter().map(|&v| f64::from(v)).sum();
     let want_sum = case["pooled_1280_stats"]["sum"].as_f64().unwrap();
     let want_max = case["pooled_1280_stats"]["max"].as_f64().unwrap() as f32;
@@ -115,7 +98,7 @@ fn check_case(net: &MaskClassifier, name: &str, input: &Tensor) -> (f32, f32, f3
 fn golden_synthetic_224() {
     let input = normalized_input(&synthetic_224()).unwrap();
     // The input itself: first 10 values of the golden NHWC input = pixels (0,0), (1,0), (2,0), (3,0).R.
-    let want = floats(&golden()["cases"]["synthetic_224"]["input_first_10_nhwc"]);
+    let want = f32s(&golden()["cases"]["synthetic_224"]["input_first_10_nhwc"]);
     let nhwc = input
         .permute((0, 2, 3, 1))
         .unwrap()
@@ -151,7 +134,7 @@ fn golden_astronaut_synthmask_224() {
 fn mask_input_reproduces_the_golden_crop() {
     let text = std::fs::read_to_string(golden_dir().join("retinaface.json")).unwrap();
     let retina: Value = serde_json::from_str(&text).unwrap();
-    let bbox = floats(&retina["cases"]["astronaut_512"]["detections"][0]["box_xyxy"]);
+    let bbox = f32s(&retina["cases"]["astronaut_512"]["detections"][0]["box_xyxy"]);
     let full = png(&golden_dir().join("astronaut_512.png"));
     let ours = mask_input(&full, [bbox[0], bbox[1], bbox[2], bbox[3]]).unwrap();
     let want = normalized_input(&png(&golden_dir().join("astronaut_mask_224.png"))).unwrap();
@@ -197,7 +180,7 @@ fn batch_matches_single() {
 /// does.
 #[test]
 fn dev_set_masked_faces_are_flagged_and_live_faces_are_not() {
-    let shared = root().join("../shared");
+    let shared = common::shared("");
     let net = classifier();
     let mut reader =
         csv::Reader::from_path(shared.join("reference/retinaface_dev.csv")).expect("reference CSV");

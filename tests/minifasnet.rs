@@ -9,6 +9,9 @@
 //!   of upstream's Caffe detector and resized with `cv2.resize` (INTER_LINEAR); the JSON records
 //!   each box and crop rectangle, which `imgproc::antispoof_crop_box` must reproduce.
 
+mod common;
+
+use common::max_abs_diff;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -23,7 +26,7 @@ const ONNX_TOLERANCE: f32 = 1e-4;
 const GOLDEN_TOLERANCE: f32 = 1e-3;
 
 fn shared() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/models/minifasnet")
+    common::shared("models/minifasnet")
 }
 
 /// The key of a variant in `golden.json`.
@@ -128,14 +131,6 @@ fn crop_png(name: &str) -> Tensor {
         "{name}"
     );
     image_from_fn(|c, y, x| img.get_pixel(x as u32, y as u32)[2 - c] as f32)
-}
-
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
 }
 
 fn row(logits: &Tensor, i: usize) -> Vec<f32> {

@@ -4,24 +4,16 @@
 //! pipeline with RetinaFace boxes gets ACER 10.4%, AUC 0.940 — ../shared/reference/boxmap_dev.csv);
 //! quality gate: >= 80% of gate images get their expected code, <= 5% of live images are gated.
 
-use std::path::PathBuf;
+mod common;
 
-use liveness::config::PipelineConfig;
+use common::repo;
 use liveness::eval::{read_labels, summarize, FileResult};
-use liveness::pipeline::{Outcome, Pipeline};
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+use liveness::pipeline::Outcome;
 
 #[test]
 fn dev_set_accuracy_meets_the_bar() {
-    let config = PipelineConfig {
-        model_dir: root().join("models"),
-        ..PipelineConfig::default()
-    };
-    let pipeline = Pipeline::load(config).expect("models (run `make models`)");
-    let dir = root().join("../shared/data/faces-dev");
+    let pipeline = common::default_pipeline();
+    let dir = repo("../shared/data/faces-dev");
     let labels = read_labels(&dir).unwrap();
     assert!(
         labels.len() >= 100,

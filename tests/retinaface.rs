@@ -3,40 +3,21 @@
 //! detections on the dev images (`../shared/reference/retinaface_dev.csv`).
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
+
+mod common;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
+use common::{f32s, read_json, repo, shared, tensor_max_abs_diff};
 use liveness::detector::FaceDetector;
 use liveness::models::retinaface::{decode, RetinaFace};
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn shared() -> PathBuf {
-    root().join("../shared")
-}
-
 fn network() -> RetinaFace {
-    let path = root().join("models/retinaface_mnet025.safetensors");
+    let path = repo("models/retinaface_mnet025.safetensors");
     let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[path], DType::F32, &Device::Cpu) }
         .expect("models/retinaface_mnet025.safetensors (run `make models`)");
     RetinaFace::new(vb).unwrap()
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims());
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar()
-        .unwrap()
 }
 
 /// Deterministic pseudo-random pixels in -128..128 (a BGR image minus its mean, roughly).
@@ -82,7 +63,7 @@ fn drop_empty_resize_scales(model: &mut candle_onnx::onnx::ModelProto) {
 
 #[test]
 fn matches_candle_onnx_on_the_original_graph() {
-    let onnx_path = root().join("models/downloads/retinaface_mnet025.onnx");
+    let onnx_path = repo("models/downloads/retinaface_mnet025.onnx");
     let mut model = candle_onnx::read_file(&onnx_path).expect("ONNX from `make models`");
     drop_empty_resize_scales(&mut model);
     let net = network();
@@ -101,22 +82,10 @@ fn matches_candle_onnx_on_the_original_graph() {
             ("conf", &ours.conf),
             ("landmarks", &ours.landmarks),
         ] {
-            let diff = max_abs_diff(got, &want[name]);
+            let diff = tensor_max_abs_diff(got, &want[name]);
             assert!(diff <= 1e-4, "{name} at {h}x{w}: max abs diff {diff}");
         }
     }
-}
-
-fn json(path: &Path) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-}
-
-fn floats(v: &serde_json::Value) -> Vec<f32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap() as f32)
-        .collect()
 }
 
 fn rgb_png_to_input(path: &Path) -> Tensor {
@@ -131,7 +100,7 @@ fn rgb_png_to_input(path: &Path) -> Tensor {
 // suggests abs 2e-4 on loc/landmarks and 1e-5 on conf for an fp32 port.
 #[test]
 fn matches_onnxruntime_golden_outputs() {
-    let golden = json(&shared().join("reference/golden/retinaface.json"));
+    let golden = read_json(&shared("reference/golden/retinaface.json"));
     let net = network();
 
     // Synthetic 64x96 case: the full raw outputs are in the JSON.
@@ -153,20 +122,19 @@ fn matches_onnxruntime_golden_outputs() {
         ("conf", &ours.conf, 2, 1e-5),
         ("landmarks", &ours.landmarks, 10, 2e-4),
     ] {
-        let want =
-            Tensor::from_vec(floats(&case[name]["full"]), (1, 252, k), &Device::Cpu).unwrap();
-        let diff = max_abs_diff(got, &want);
+        let want = Tensor::from_vec(f32s(&case[name]["full"]), (1, 252, k), &Device::Cpu).unwrap();
+        let diff = tensor_max_abs_diff(got, &want);
         assert!(diff <= tol, "synthetic {name}: max abs diff {diff}");
     }
 
     // Astronaut at 512 and 320: full outputs in the npz, detections in the JSON.
     let npz: HashMap<String, Tensor> =
-        Tensor::read_npz(shared().join("reference/golden/retinaface_raw_outputs.npz"))
+        Tensor::read_npz(shared("reference/golden/retinaface_raw_outputs.npz"))
             .unwrap()
             .into_iter()
             .collect();
     for case_name in ["astronaut_512", "astronaut_320"] {
-        let input = rgb_png_to_input(&shared().join(format!("reference/golden/{case_name}.png")));
+        let input = rgb_png_to_input(&shared(&format!("reference/golden/{case_name}.png")));
         let ours = net.forward(&input).unwrap();
         for (name, got, tol) in [
             ("loc", &ours.loc, 2e-4),
@@ -174,7 +142,7 @@ fn matches_onnxruntime_golden_outputs() {
             ("landmarks", &ours.landmarks, 2e-4),
         ] {
             let want = &npz[&format!("{case_name}__{name}")];
-            let diff = max_abs_diff(got, want);
+            let diff = tensor_max_abs_diff(got, want);
             assert!(diff <= tol, "{case_name} {name}: max abs diff {diff}");
         }
         let (_, _, h, w) = input.dims4().unwrap();
@@ -183,7 +151,7 @@ fn matches_onnxruntime_golden_outputs() {
         assert_eq!(detections.len(), want.len(), "{case_name}: detection count");
         for (d, g) in detections.iter().zip(want) {
             assert_eq!(d.anchor as u64, g["anchor_index"].as_u64().unwrap());
-            for (a, b) in d.bbox.iter().zip(floats(&g["box_xyxy"])) {
+            for (a, b) in d.bbox.iter().zip(f32s(&g["box_xyxy"])) {
                 assert!(
                     (a - b).abs() < 1e-3,
                     "{case_name}: box {:?} vs golden",
@@ -200,9 +168,8 @@ fn matches_onnxruntime_golden_outputs() {
 // slightly from theirs, so boxes must agree within a few pixels (relative to face size).
 #[test]
 fn dev_set_boxes_match_onnxruntime_reference() {
-    let detector =
-        FaceDetector::load(&root().join("models/retinaface_mnet025.safetensors")).unwrap();
-    let mut reader = csv::Reader::from_path(shared().join("reference/retinaface_dev.csv")).unwrap();
+    let detector = FaceDetector::load(&repo("models/retinaface_mnet025.safetensors")).unwrap();
+    let mut reader = csv::Reader::from_path(shared("reference/retinaface_dev.csv")).unwrap();
     let headers = reader.headers().unwrap().clone();
     let col = |name: &str| headers.iter().position(|h| h == name).unwrap();
     let (mut compared, mut worst) = (0, 0f32);
@@ -211,7 +178,7 @@ fn dev_set_boxes_match_onnxruntime_reference() {
         if &r[col("res")] != "640" || r[col("n_faces_05")].parse::<u32>().unwrap() != 1 {
             continue;
         }
-        let bytes = std::fs::read(shared().join("data/faces-dev").join(&r[col("file")])).unwrap();
+        let bytes = std::fs::read(shared("data/faces-dev").join(&r[col("file")])).unwrap();
         let img = liveness::image_io::decode_rgb(&bytes, Default::default()).unwrap();
         assert_eq!(
             img.width().to_string(),
