@@ -8,7 +8,7 @@ use crate::api::auth::AuthError;
 use crate::api::fetch::FetchError;
 use crate::api::input::InputError;
 use crate::image_io::DecodeError;
-use crate::pipeline::PipelineError;
+use crate::pipeline::{Outcome, PipelineError};
 
 /// The one route of the service.
 pub const LIVENESS_PATH: &str = "/api/v1/face/liveness";
@@ -110,6 +110,14 @@ impl LivenessResponse {
             score: Some(score),
             has_error: false,
             error: None,
+        }
+    }
+
+    /// The body for a pipeline outcome: the score, or the gate's code.
+    pub fn for_outcome(session_id: Option<String>, outcome: &Outcome) -> Self {
+        match outcome {
+            Outcome::Scored { score } => Self::scored(session_id.unwrap_or_default(), *score),
+            Outcome::Rejected(gate) => Self::error(session_id, gate.code()),
         }
     }
 

@@ -114,19 +114,13 @@ impl App {
             Ok(assessment) => {
                 let t = &assessment.timings;
                 let threshold = self.pipeline.config().score_threshold;
-                let (outcome, body) = match &assessment.outcome {
-                    Outcome::Scored { score } => (
-                        if *score >= threshold { "pass" } else { "fail" },
-                        LivenessResponse::scored(
-                            handled.session_id.clone().unwrap_or_default(),
-                            *score,
-                        ),
-                    ),
-                    Outcome::Rejected(gate) => (
-                        gate.code(),
-                        LivenessResponse::error(handled.session_id.clone(), gate.code()),
-                    ),
+                let outcome = match &assessment.outcome {
+                    Outcome::Scored { score } if *score >= threshold => "pass",
+                    Outcome::Scored { .. } => "fail",
+                    Outcome::Rejected(gate) => gate.code(),
                 };
+                let body =
+                    LivenessResponse::for_outcome(handled.session_id.clone(), &assessment.outcome);
                 log_stages(session_id, outcome, latency_ms, t);
                 (StatusCode::OK, body)
             }

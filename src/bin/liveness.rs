@@ -6,10 +6,10 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use liveness::api::contract::{ApiError, LivenessResponse};
 use liveness::config::PipelineConfig;
 use liveness::eval::{read_labels, summarize, FileResult, Report};
-use liveness::pipeline::{Assessment, Outcome, Pipeline, PipelineError};
-use serde_json::json;
+use liveness::pipeline::{Outcome, Pipeline};
 
 #[derive(Parser)]
 #[command(
@@ -93,29 +93,6 @@ fn serve(config: PipelineConfig, port: u16) -> Result<()> {
     Ok(())
 }
 
-/// The API's response body for an assessment.
-fn response(session_id: &str, result: &Result<Assessment, PipelineError>) -> serde_json::Value {
-    match result {
-        Ok(a) => match &a.outcome {
-            Outcome::Scored { score } => {
-                json!({"sessionId": session_id, "score": score, "hasError": false})
-            }
-            Outcome::Rejected(code) => {
-                json!({"sessionId": session_id, "hasError": true, "error": code.code()})
-            }
-        },
-        Err(e) => json!({"sessionId": session_id, "hasError": true, "error": error_code(e)}),
-    }
-}
-
-fn error_code(e: &PipelineError) -> &'static str {
-    match e {
-        PipelineError::Decode(liveness::image_io::DecodeError::TooLarge) => "IMAGE_TOO_LARGE",
-        PipelineError::Decode(_) => "INVALID_IMAGE",
-        _ => "INTERNAL_ERROR",
-    }
-}
-
 fn check(config: PipelineConfig, images: &[PathBuf], verbose: bool) -> Result<()> {
     let pipeline = Pipeline::load(config)?;
     for path in images {
@@ -123,16 +100,22 @@ fn check(config: PipelineConfig, images: &[PathBuf], verbose: bool) -> Result<()
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let result = std::fs::read(path)
-            .with_context(|| format!("reading {}", path.display()))
-            .map(|bytes| pipeline.assess_encoded(&bytes))?;
-        let mut line = response(&name, &result);
-        if verbose {
-            if let Ok(a) = &result {
-                line["diagnostics"] = serde_json::to_value(&a.diagnostics)?;
-                line["timings"] = serde_json::to_value(&a.timings)?;
+        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let line = match pipeline.assess_encoded(&bytes) {
+            Ok(a) => {
+                let body = LivenessResponse::for_outcome(Some(name), &a.outcome);
+                let mut line = serde_json::to_value(body)?;
+                if verbose {
+                    line["diagnostics"] = serde_json::to_value(&a.diagnostics)?;
+                    line["timings"] = serde_json::to_value(&a.timings)?;
+                }
+                line
             }
-        }
+            Err(e) => serde_json::to_value(LivenessResponse::error(
+                Some(name),
+                ApiError::from(e).code(),
+            ))?,
+        };
         println!("{line}");
     }
     Ok(())
@@ -156,7 +139,7 @@ fn eval(config: PipelineConfig, dir: &Path, json_out: Option<&Path>) -> Result<(
                 Outcome::Scored { score } => (Some(score), None),
                 Outcome::Rejected(code) => (None, Some(code.code().to_string())),
             },
-            Err(e) => (None, Some(error_code(&e).to_string())),
+            Err(e) => (None, Some(ApiError::from(e).code().to_string())),
         };
         per_file.push(FileResult {
             file: row.file,
