@@ -15,6 +15,9 @@ help:
 	@echo "make build   - release build of the CLI and the Lambda bootstrap"
 	@echo "make test    - install tools, build models, run all tests (what CI runs)"
 	@echo "make bench   - single-thread and default-thread benchmarks"
+	@echo "make run     - serve the API on 127.0.0.1:3000 (development credentials) and print a curl example"
+	@echo "make watch / lambda-build / cfn-lint / deploy - Lambda emulator, arm64 package, template lint, SAM deploy"
+	@echo "make venv    - pinned Python tools (tools/requirements.txt) into .venv/"
 
 # Python tools (pinned) used by tests and converters; never imported by the service.
 $(VENV)/.stamp: tools/requirements.txt

@@ -1,7 +1,5 @@
 # HTTP API / Lambda targets (issue 3). Included from the main Makefile; see docs/api.md.
 #
-#   make venv          Python tools into .venv/: moto_server (tests), cfn-lint, cargo-lambda, zig,
-#                      OpenAPI validators (tests)
 #   make run           `liveness serve` on 127.0.0.1:$(PORT) (development credentials unless
 #                      LIVENESS_BASIC_AUTH / LIVENESS_SECRET_ID are set); prints a curl example
 #   make watch         the Lambda binary under `cargo lambda watch` on 127.0.0.1:$(WATCH_PORT)
@@ -9,7 +7,6 @@
 #   make cfn-lint      lint template.yaml
 #   make deploy        lambda-build + `sam deploy` (needs AWS credentials and the SAM CLI)
 
-VENV ?= .venv
 PYTHON ?= python3
 CARGO ?= cargo
 PORT ?= 3000
@@ -20,38 +17,13 @@ SAM ?= sam
 # Existing credentials secret for `make deploy`; empty lets the stack create one.
 SECRET_ARN ?=
 
-# Pinned tool versions.
-MOTO_VERSION ?= 5.2.5
-CFN_LINT_VERSION ?= 1.58.0
-CARGO_LAMBDA_VERSION ?= 1.9.2
-ZIGLANG_VERSION ?= 0.13.0
-# Used by tests/api_openapi_check.py (also pulled in by moto[server]; pinned here).
-OPENAPI_SPEC_VALIDATOR_VERSION ?= 0.9.0
-OPENAPI_SCHEMA_VALIDATOR_VERSION ?= 0.9.0
-PYYAML_VERSION ?= 6.0.4
-
 DEV_CREDENTIALS := dev:liveness-dev
-VENV_STAMP := $(VENV)/.api-tools-installed
 WITH_VENV := PATH="$(CURDIR)/$(VENV)/bin:$$PATH"
 LAMBDA_DIR := build/lambda
 LAMBDA_PKG := $(LAMBDA_DIR)/bootstrap
 DEMO_IMAGE := $(SHARED)/data/faces-dev/live_siwm_001.jpg
 
-.PHONY: venv run watch lambda-build cfn-lint deploy
-
-venv: $(VENV_STAMP)
-
-$(VENV_STAMP): mk/api.mk
-	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check \
-		"moto[server]==$(MOTO_VERSION)" \
-		"cfn-lint==$(CFN_LINT_VERSION)" \
-		"cargo-lambda==$(CARGO_LAMBDA_VERSION)" \
-		"ziglang==$(ZIGLANG_VERSION)" \
-		"openapi-spec-validator==$(OPENAPI_SPEC_VALIDATOR_VERSION)" \
-		"openapi-schema-validator==$(OPENAPI_SCHEMA_VALIDATOR_VERSION)" \
-		"PyYAML==$(PYYAML_VERSION)"
-	touch $@
+.PHONY: run watch lambda-build cfn-lint deploy
 
 run: models
 	$(CARGO) build --release --locked --bin liveness
