@@ -45,7 +45,7 @@ pub struct Diagnostics {
     pub image_height: u32,
     /// Every face the detector returned, best score first, in image pixels.
     pub faces: Vec<FaceSummary>,
-    /// The face that was (or would have been) scored.
+    /// The face the gate selected (scored unless a later check refused it).
     pub selected: Option<FaceSummary>,
     /// Live probability of MiniFASNetV2 (2.7x crop) and MiniFASNetV1SE (4.0x crop).
     pub model_live_probabilities: Vec<f32>,
@@ -196,20 +196,7 @@ impl Pipeline {
         diagnostics.faces = faces.iter().map(FaceSummary::from).collect();
 
         let t = Instant::now();
-        let gate = match select_face(&faces, &self.config.gate) {
-            Err(rejection) if rejection.code == GateCode::FaceNotFound => {
-                Err(self.not_found_or_masked(image, &faces, rejection, &mut diagnostics)?)
-            }
-            Err(rejection) => Err(rejection),
-            Ok(face) => {
-                match check_geometry(face, image.width(), image.height(), &self.config.gate) {
-                    Ok(()) => self
-                        .check_appearance(image, face, &mut diagnostics)?
-                        .map(|()| face),
-                    Err(rejection) => Err(rejection),
-                }
-            }
-        };
+        let gate = self.run_gate(image, &faces, &mut diagnostics)?;
         timings.gate_ms = ms_since(t);
         let face = match gate {
             Ok(face) => face,
@@ -223,8 +210,6 @@ impl Pipeline {
                 });
             }
         };
-        diagnostics.selected = Some(face.into());
-
         let score = self.score_face(image, face, &mut timings, &mut diagnostics)?;
         timings.total_ms = ms_since(start);
         Ok(Assessment {
@@ -232,6 +217,36 @@ impl Pipeline {
             timings,
             diagnostics,
         })
+    }
+
+    /// The quality gate in its documented order (`gate.rs`); `Ok(Err(..))` is a refusal.
+    fn run_gate<'a>(
+        &self,
+        image: &RgbImage,
+        faces: &'a [Detection],
+        diagnostics: &mut Diagnostics,
+    ) -> Result<Result<&'a Detection, Rejection>, PipelineError> {
+        let face = match select_face(faces, &self.config.gate) {
+            Ok(face) => face,
+            Err(not_found) if not_found.code == GateCode::FaceNotFound => {
+                return Ok(Err(self.not_found_or_masked(
+                    image,
+                    faces,
+                    not_found,
+                    diagnostics,
+                )?));
+            }
+            Err(rejection) => return Ok(Err(rejection)),
+        };
+        diagnostics.selected = Some(face.into());
+        if let Err(rejection) =
+            check_geometry(face, image.width(), image.height(), &self.config.gate)
+        {
+            return Ok(Err(rejection));
+        }
+        Ok(self
+            .check_appearance(image, face, diagnostics)?
+            .map(|()| face))
     }
 
     /// FACE_NOT_FOUND, unless the best low-score candidate is clearly a masked face
