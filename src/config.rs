@@ -100,7 +100,7 @@ impl Default for GateConfig {
             max_yaw_deg: 30.0,
             max_pitch_deg: 30.0,
             pitch_zero_deg: 0.0,
-            mask_threshold: 0.5,
+            mask_threshold: crate::models::mask::MASK_THRESHOLD,
             masked_face_min_score: 0.2,
             masked_face_mask_threshold: 0.9,
         }
@@ -114,10 +114,8 @@ pub struct PipelineConfig {
     pub model_dir: PathBuf,
     /// Score at or above which a photo counts as live (`LIVENESS_SCORE_THRESHOLD`).
     pub score_threshold: f32,
-    /// Maximum decoded pixel count, width * height (`LIVENESS_MAX_PIXELS`).
-    pub max_pixels: u64,
-    /// Maximum decoded width or height (`LIVENESS_MAX_SIDE`).
-    pub max_side: u32,
+    /// Decoder limits (`LIVENESS_MAX_PIXELS`, `LIVENESS_MAX_SIDE`).
+    pub decode: DecodeLimits,
     /// Long side of the image the detector sees (`LIVENESS_DETECTOR_LONG_SIDE`).
     pub detector_long_side: u32,
     /// Long side of a second detection pass when the first finds no face; 0 disables it
@@ -134,8 +132,7 @@ impl Default for PipelineConfig {
         Self {
             model_dir: PathBuf::from("models"),
             score_threshold: 0.5,
-            max_pixels: 25_000_000,
-            max_side: 10_000,
+            decode: DecodeLimits::default(),
             detector_long_side: 320,
             detector_retry_long_side: 640,
             threads: 1,
@@ -151,8 +148,10 @@ impl PipelineConfig {
         let config = Self {
             model_dir: env_or("LIVENESS_MODEL_DIR", d.model_dir)?,
             score_threshold: env_or("LIVENESS_SCORE_THRESHOLD", d.score_threshold)?,
-            max_pixels: env_or("LIVENESS_MAX_PIXELS", d.max_pixels)?,
-            max_side: env_or("LIVENESS_MAX_SIDE", d.max_side)?,
+            decode: DecodeLimits {
+                max_pixels: env_or("LIVENESS_MAX_PIXELS", d.decode.max_pixels)?,
+                max_side: env_or("LIVENESS_MAX_SIDE", d.decode.max_side)?,
+            },
             detector_long_side: env_or("LIVENESS_DETECTOR_LONG_SIDE", d.detector_long_side)?,
             detector_retry_long_side: env_or(
                 "LIVENESS_DETECTOR_RETRY_LONG_SIDE",
@@ -232,13 +231,5 @@ impl PipelineConfig {
             return Err(bad("LIVENESS_THREADS", "0".into(), "must be at least 1"));
         }
         Ok(())
-    }
-
-    /// The decoder limits derived from this configuration.
-    pub fn decode_limits(&self) -> DecodeLimits {
-        DecodeLimits {
-            max_pixels: self.max_pixels,
-            max_side: self.max_side,
-        }
     }
 }

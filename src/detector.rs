@@ -52,9 +52,4 @@ impl FaceDetector {
         let (sx, sy) = (w as f32 / in_w as f32, h as f32 / in_h as f32);
         Ok(detections.iter().map(|d| d.scaled(sx, sy)).collect())
     }
-
-    /// The network, for tests and benchmarks that need raw outputs.
-    pub fn network(&self) -> &RetinaFace {
-        &self.net
-    }
 }

@@ -118,8 +118,8 @@ pub fn check_geometry(
             format!("face covers {:.0}% of the image", 100.0 * area_fraction),
         ));
     }
-    let crop_scale = crate::imgproc::effective_crop_scale(width, height, w, h, 2.7);
-    if crop_scale < config.min_crop_scale {
+    let crop_scale = crate::imgproc::max_context_scale(width, height, w as f64, h as f64);
+    if crop_scale < config.min_crop_scale as f64 {
         return Err(Rejection::new(
             GateCode::FaceTooClose,
             format!("context crop reaches only {crop_scale:.2}x the face"),

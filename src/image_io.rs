@@ -27,8 +27,8 @@ pub struct DecodeLimits {
 impl Default for DecodeLimits {
     fn default() -> Self {
         Self {
-            max_pixels: 40_000_000,
-            max_side: 12_000,
+            max_pixels: 25_000_000,
+            max_side: 10_000,
         }
     }
 }

@@ -6,15 +6,13 @@ use image::RgbImage;
 
 /// The upstream Silent-Face crop rectangle for a face box `x, y, w, h` at `scale`.
 ///
-/// The scale is capped so the crop fits (`min(scale, (H-1)/h, (W-1)/w)`); the `w*s x h*s` box is
+/// The scale is capped so the crop fits (`min(scale, `[`max_context_scale`]`)`); the `w*s x h*s` box is
 /// centred on the face, shifted (not padded) back inside the image, and its corners truncated to
 /// integers. Returns inclusive `[left, top, right, bottom]`.
 pub fn antispoof_crop_box(img_w: u32, img_h: u32, face_xywh: [f32; 4], scale: f32) -> [i32; 4] {
     let (src_w, src_h) = (img_w as f64, img_h as f64);
     let [x, y, box_w, box_h] = face_xywh.map(|v| v as f64);
-    let scale = (scale as f64)
-        .min((src_h - 1.0) / box_h)
-        .min((src_w - 1.0) / box_w);
+    let scale = (scale as f64).min(max_context_scale(img_w, img_h, box_w, box_h));
     let (new_w, new_h) = (box_w * scale, box_h * scale);
     let (cx, cy) = (x + box_w / 2.0, y + box_h / 2.0);
     let (mut left, mut top) = (cx - new_w / 2.0, cy - new_h / 2.0);
@@ -38,11 +36,10 @@ pub fn antispoof_crop_box(img_w: u32, img_h: u32, face_xywh: [f32; 4], scale: f3
     [left as i32, top as i32, right as i32, bottom as i32]
 }
 
-/// The effective crop scale the anti-spoof rule can reach for a face box (`min(scale, ...)`).
-pub fn effective_crop_scale(img_w: u32, img_h: u32, box_w: f32, box_h: f32, scale: f32) -> f32 {
-    scale
-        .min((img_h as f32 - 1.0) / box_h)
-        .min((img_w as f32 - 1.0) / box_w)
+/// The largest multiple of a `box_w x box_h` face box that fits in the image,
+/// `min((H-1)/h, (W-1)/w)`: the cap of the anti-spoof crop scale.
+pub fn max_context_scale(img_w: u32, img_h: u32, box_w: f64, box_h: f64) -> f64 {
+    ((img_h as f64 - 1.0) / box_h).min((img_w as f64 - 1.0) / box_w)
 }
 
 /// A rectangular window `x, y, w, h` (pixels) of an interleaved 8-bit image.

@@ -136,9 +136,8 @@ impl Pipeline {
     pub fn load(config: PipelineConfig) -> Result<Self, PipelineError> {
         crate::nn::set_num_threads(config.threads);
         let dir = &config.model_dir;
-        let load_error = |file: &str, e: candle_core::Error| {
-            PipelineError::ModelLoad(format!("{}: {e}", dir.join(file).display()))
-        };
+        let load_error =
+            |file: &str, e: candle_core::Error| PipelineError::ModelLoad(format!("{file}: {e}"));
         let detector = FaceDetector::load(&dir.join(RETINAFACE_FILE))
             .map_err(|e| load_error(RETINAFACE_FILE, e))?;
         let face_mesh =
@@ -172,7 +171,7 @@ impl Pipeline {
     /// Decodes `bytes` under the configured limits and assesses the photo.
     pub fn assess_encoded(&self, bytes: &[u8]) -> Result<Assessment, PipelineError> {
         let start = Instant::now();
-        let image = decode_rgb(bytes, self.config.decode_limits())?;
+        let image = decode_rgb(bytes, self.config.decode)?;
         let decode_ms = ms_since(start);
         let mut assessment = self.assess_image(&image)?;
         assessment.timings.decode_ms = decode_ms;

@@ -15,6 +15,6 @@ use candle_nn::VarBuilder;
 pub fn load_weights(path: impl AsRef<Path>) -> Result<VarBuilder<'static>> {
     let path = path.as_ref();
     let bytes = std::fs::read(path)
-        .map_err(|e| candle_core::Error::msg(format!("{}: {e}", path.display())))?;
+        .map_err(|e| candle_core::Error::msg(format!("cannot read {}: {e}", path.display())))?;
     VarBuilder::from_buffered_safetensors(bytes, DType::F32, &Device::Cpu)
 }
