@@ -163,15 +163,7 @@ fn batch_matches_single() {
     let b = normalized_input(&png(&golden_dir().join("astronaut_synthmask_224.png"))).unwrap();
     let both = net.forward(&Tensor::cat(&[&a, &b], 0).unwrap()).unwrap();
     let single = Tensor::cat(&[net.forward(&a).unwrap(), net.forward(&b).unwrap()], 0).unwrap();
-    let diff = (both - single)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap();
-    assert!(diff.to_scalar::<f32>().unwrap() <= 1e-6);
+    assert!(common::tensor_max_abs_diff(&both, &single) <= 1e-6);
 }
 
 /// On the dev images, with the RetinaFace boxes of the reference run (onnxruntime, full resolution,
@@ -228,36 +220,4 @@ fn dev_set_masked_faces_are_flagged_and_live_faces_are_not() {
         "live/spoof face flagged as masked: {highest:?}"
     );
     assert!(lowest.1 >= MASK_THRESHOLD, "masked face missed: {lowest:?}");
-}
-
-/// Single-threaded forward time: `cargo test --release --test mask -- --ignored --nocapture`.
-#[test]
-#[ignore = "timing, not a check"]
-fn forward_time_single_thread() {
-    liveness::nn::set_num_threads(1);
-    let net = classifier();
-    let full = png(&golden_dir().join("astronaut_512.png"));
-    let bbox = [177.9, 56.8, 273.1, 177.2];
-    let input = mask_input(&full, bbox).unwrap();
-    for _ in 0..3 {
-        net.forward(&input).unwrap();
-    }
-    let mut forward = Vec::new();
-    let mut preprocess = Vec::new();
-    for _ in 0..30 {
-        let t = std::time::Instant::now();
-        let x = mask_input(&full, bbox).unwrap();
-        preprocess.push(t.elapsed().as_secs_f64() * 1e3);
-        let t = std::time::Instant::now();
-        net.forward(&x).unwrap().to_vec2::<f32>().unwrap();
-        forward.push(t.elapsed().as_secs_f64() * 1e3);
-    }
-    forward.sort_by(f64::total_cmp);
-    preprocess.sort_by(f64::total_cmp);
-    println!(
-        "mask classifier, 1 thread: forward median {:.2} ms (min {:.2}), preprocessing median {:.3} ms",
-        forward[forward.len() / 2],
-        forward[0],
-        preprocess[preprocess.len() / 2]
-    );
 }

@@ -425,32 +425,3 @@ fn rejects_mismatched_variant_and_input_size() {
     let wrong = Tensor::zeros((1, 3, 96, 96), DType::F32, &Device::Cpu).unwrap();
     assert!(model.forward(&wrong).is_err());
 }
-
-/// Single-threaded forward time per model; run with
-/// `cargo test --release --test minifasnet -- --ignored --nocapture`.
-#[test]
-#[ignore]
-fn forward_timing() {
-    let x = random_image(7);
-    for variant in Variant::ALL {
-        let model = load(variant);
-        for _ in 0..20 {
-            model.forward(&x).unwrap();
-        }
-        let runs = 200;
-        let mut times: Vec<f64> = (0..runs)
-            .map(|_| {
-                let t = std::time::Instant::now();
-                model.forward(&x).unwrap();
-                t.elapsed().as_secs_f64() * 1e3
-            })
-            .collect();
-        times.sort_by(f64::total_cmp);
-        eprintln!(
-            "{variant:?}: median {:.3} ms, min {:.3} ms per forward (batch 1, {} thread(s))",
-            times[runs / 2],
-            times[0],
-            liveness::nn::num_threads()
-        );
-    }
-}

@@ -199,16 +199,17 @@ fn print_report(r: &Report) {
 }
 
 fn bench(config: PipelineConfig, image: &Path, iterations: usize) -> Result<()> {
-    let load_start = Instant::now();
     let threads = config.threads;
-    let pipeline = Pipeline::load(config)?;
+    let model_dir = config.model_dir.clone();
     let source = liveness::image_io::decode_rgb(&std::fs::read(image)?, Default::default())?;
-    let first = pipeline.assess_image(&source)?;
+    let load_start = Instant::now();
+    let pipeline = Pipeline::load(config)?;
+    pipeline.assess_image(&source)?;
     println!(
-        "cold start (load weights + first inference on {}x{}): {:.1} ms",
+        "cold start (load every network + first inference on {}x{}): {:.1} ms",
         source.width(),
         source.height(),
-        load_start.elapsed().as_secs_f64() * 1e3 - first.timings.decode_ms
+        load_start.elapsed().as_secs_f64() * 1e3
     );
     println!("threads: {threads}; median (min-max) ms over {iterations} iterations");
     println!(
@@ -219,33 +220,89 @@ fn bench(config: PipelineConfig, image: &Path, iterations: usize) -> Result<()> 
         let resized = image::imageops::resize(&source, w, h, image::imageops::FilterType::Triangle);
         let mut jpeg = Vec::new();
         image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 90).encode_image(&resized)?;
-        let mut samples: Vec<[f64; 6]> = Vec::with_capacity(iterations);
+        let mut stages: [Vec<f64>; 6] = Default::default();
         for _ in 0..iterations {
             let t = pipeline.assess_encoded(&jpeg)?.timings;
-            samples.push([
+            let values = [
                 t.decode_ms,
                 t.detect_ms,
                 t.gate_ms,
                 t.crop_ms,
                 t.classify_ms,
                 t.total_ms,
-            ]);
+            ];
+            for (stage, v) in stages.iter_mut().zip(values) {
+                stage.push(v);
+            }
         }
-        let stat = |i: usize| {
-            let mut v: Vec<f64> = samples.iter().map(|s| s[i]).collect();
-            v.sort_by(f64::total_cmp);
-            format!("{:.2} ({:.2}-{:.2})", v[v.len() / 2], v[0], v[v.len() - 1])
-        };
-        println!(
-            "{:<10} {:>16} {:>16} {:>16} {:>16} {:>16} {:>16}",
-            format!("{w}x{h}"),
-            stat(0),
-            stat(1),
-            stat(2),
-            stat(3),
-            stat(4),
-            stat(5)
-        );
+        let cells: Vec<String> = stages
+            .iter_mut()
+            .map(|v| format!("{:>16}", summary(v)))
+            .collect();
+        println!("{:<10} {}", format!("{w}x{h}"), cells.join(" "));
     }
+    bench_networks(&model_dir, iterations)
+}
+
+/// "median (min-max)" of `samples`, in place.
+fn summary(samples: &mut [f64]) -> String {
+    samples.sort_by(f64::total_cmp);
+    let n = samples.len();
+    format!(
+        "{:.2} ({:.2}-{:.2})",
+        samples[n / 2],
+        samples[0],
+        samples[n - 1]
+    )
+}
+
+/// Forward time of each network alone, on fixed pseudo-random inputs of its real input size.
+fn bench_networks(model_dir: &Path, iterations: usize) -> Result<()> {
+    use candle_core::{Device, Module, Tensor};
+    use liveness::models::{facemesh::FaceMesh, load_weights, mask::MaskClassifier};
+    use liveness::models::{minifasnet::MiniFasNet, minifasnet::Variant, retinaface::RetinaFace};
+    use liveness::pipeline::{FACEMESH_FILE, MASK_FILE, MINIFASNET_FILES, RETINAFACE_FILE};
+
+    let input = |shape: (usize, usize, usize, usize), lo: f32, hi: f32| {
+        Tensor::rand(lo, hi, shape, &Device::Cpu)
+    };
+    let time = |forward: &dyn Fn() -> candle_core::Result<()>| -> Result<String> {
+        forward()?;
+        let mut samples = Vec::with_capacity(iterations);
+        for _ in 0..iterations {
+            let start = Instant::now();
+            forward()?;
+            samples.push(start.elapsed().as_secs_f64() * 1e3);
+        }
+        Ok(summary(&mut samples))
+    };
+    println!("network forward, median (min-max) ms:");
+    let retinaface = RetinaFace::new(load_weights(model_dir.join(RETINAFACE_FILE))?)?;
+    let x = input((1, 3, 240, 320), -128.0, 128.0)?;
+    println!(
+        "  {:<28} {}",
+        "RetinaFace 320x240",
+        time(&|| retinaface.forward(&x).map(drop))?
+    );
+    for (variant, file) in Variant::ALL.into_iter().zip(MINIFASNET_FILES) {
+        let net = MiniFasNet::new(load_weights(model_dir.join(file))?, variant)?;
+        let x = input((1, 3, 80, 80), 0.0, 255.0)?;
+        let name = format!("MiniFASNet {variant:?} 80x80");
+        println!("  {name:<28} {}", time(&|| net.forward(&x).map(drop))?);
+    }
+    let mesh = FaceMesh::load(model_dir.join(FACEMESH_FILE))?;
+    let x = input((1, 3, 192, 192), 0.0, 1.0)?;
+    println!(
+        "  {:<28} {}",
+        "FaceMesh 192x192",
+        time(&|| mesh.forward(&x).map(drop))?
+    );
+    let mask = MaskClassifier::load(model_dir.join(MASK_FILE))?;
+    let x = input((1, 3, 224, 224), -1.0, 1.0)?;
+    println!(
+        "  {:<28} {}",
+        "mask classifier 224x224",
+        time(&|| mask.forward(&x).map(drop))?
+    );
     Ok(())
 }
