@@ -30,7 +30,7 @@ venv: $(VENV)/.stamp
 include $(wildcard mk/*.mk)
 
 # Every weight file the service needs; each rule lives in mk/models-*.mk.
-models: system-deps $(MODEL_FILES)
+models: system-deps verify-committed-models $(MODEL_FILES)
 
 build: system-deps
 	$(CARGO) build --release --locked

@@ -21,7 +21,8 @@ DEV_CREDENTIALS := dev:liveness-dev
 WITH_VENV := PATH="$(CURDIR)/$(VENV)/bin:$$PATH"
 LAMBDA_DIR := build/lambda
 LAMBDA_PKG := $(LAMBDA_DIR)/bootstrap
-DEMO_IMAGE := $(SHARED)/data/faces-dev/live_siwm_001.jpg
+# Any photo of a face; `make run DEMO_IMAGE=me.jpg` prints the curl line for it.
+DEMO_IMAGE ?= photo.jpg
 
 .PHONY: run watch lambda-build cfn-lint deploy
 

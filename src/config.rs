@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 
 use crate::image_io::DecodeLimits;
+use crate::scoring::FusionWeights;
 
 /// A configuration value that could not be parsed.
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +29,27 @@ where
             })
         }
         _ => Ok(default),
+    }
+}
+
+/// Reads `name` from the environment; `None` when unset or empty.
+pub fn env_opt<T: FromStr>(name: &'static str) -> Result<Option<T>, ConfigError>
+where
+    T::Err: std::fmt::Display,
+{
+    match std::env::var(name) {
+        Ok(value) if !value.trim().is_empty() => {
+            value
+                .trim()
+                .parse()
+                .map(Some)
+                .map_err(|e: T::Err| ConfigError {
+                    name,
+                    value,
+                    reason: e.to_string(),
+                })
+        }
+        _ => Ok(None),
     }
 }
 
@@ -125,6 +147,12 @@ pub struct PipelineConfig {
     pub threads: usize,
     /// Quality-gate thresholds.
     pub gate: GateConfig,
+    /// Fusion weights overriding those of the scoring file (`LIVENESS_FUSION_WEIGHTS`,
+    /// `name=weight,...`; see `scoring.rs`).
+    pub fusion_weights: Option<FusionWeights>,
+    /// Scoring file (fusion weights + calibration); `None` = `calibration.json` in `model_dir`
+    /// (`LIVENESS_CALIBRATION_FILE`).
+    pub calibration_file: Option<PathBuf>,
 }
 
 impl Default for PipelineConfig {
@@ -137,6 +165,8 @@ impl Default for PipelineConfig {
             detector_retry_long_side: 640,
             threads: 1,
             gate: GateConfig::default(),
+            fusion_weights: None,
+            calibration_file: None,
         }
     }
 }
@@ -202,6 +232,8 @@ impl PipelineConfig {
                     d.gate.masked_face_mask_threshold,
                 )?,
             },
+            fusion_weights: env_opt("LIVENESS_FUSION_WEIGHTS")?,
+            calibration_file: env_opt("LIVENESS_CALIBRATION_FILE")?,
         };
         config.validate()?;
         Ok(config)

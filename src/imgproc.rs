@@ -1,5 +1,5 @@
-//! Pixel geometry shared by the networks: the anti-spoof crop rule, OpenCV-compatible bilinear
-//! resizing, and conversion to planar BGR tensors.
+//! Pixel geometry shared by the networks: the anti-spoof crop rules, OpenCV-compatible resizing
+//! (8-bit `INTER_LINEAR`, `INTER_AREA`, `INTER_LANCZOS4`), and conversion to planar tensors.
 
 use candle_core::{Device, Result, Tensor};
 use image::RgbImage;
@@ -129,6 +129,303 @@ pub fn resize_bilinear(img: &RgbImage, window: Window, dst_w: u32, dst_h: u32) -
     out
 }
 
+/// The square crop of face-antispoof-128's preprocessing for a face box `[x1, y1, x2, y2]`:
+/// side `s = int(scale * m)` with `m = max(w, h)`, top-left `int(c - scale / 2 * m)` per axis
+/// around the box centre `c` (`int` truncates toward zero, as Python's). Returns `[x, y, s]`; the
+/// square may extend past the image, whose missing part [`resize_square_reflect101`] mirrors in.
+pub fn reflect_square_box(face_xyxy: [f32; 4], scale: f32) -> [i32; 3] {
+    let [x1, y1, x2, y2] = face_xyxy.map(f64::from);
+    let (w, h) = (x2 - x1, y2 - y1);
+    let m = w.max(h);
+    let half = scale as f64 / 2.0 * m;
+    let (cx, cy) = (x1 + w / 2.0, y1 + h / 2.0);
+    [
+        (cx - half) as i32,
+        (cy - half) as i32,
+        (scale as f64 * m) as i32,
+    ]
+}
+
+/// OpenCV's `BORDER_REFLECT_101` index: mirror at the edges without repeating the edge pixel
+/// (`-1 -> 1`, `len -> len - 2`), folding again when the index is more than a length away.
+fn reflect101(mut i: i64, len: u32) -> u32 {
+    let len = len as i64;
+    if len == 1 {
+        return 0;
+    }
+    while i < 0 || i >= len {
+        i = if i < 0 { -i } else { 2 * len - 2 - i };
+    }
+    i as u32
+}
+
+/// The `s x s` square at `x, y` of an RGB image (mirrored in with `BORDER_REFLECT_101` where it
+/// leaves the image) resized to `dst x dst`, as face-antispoof-128's preprocessing does it with
+/// OpenCV on 8-bit pixels: `INTER_AREA` when `s >= dst`, `INTER_LANCZOS4` when `s < dst`.
+/// Returns interleaved RGB bytes.
+pub fn resize_square_reflect101(img: &RgbImage, square: [i32; 3], dst: u32) -> Vec<u8> {
+    let [x, y, s] = square;
+    let side = s.max(1) as u32;
+    let cols: Vec<u32> = (0..side)
+        .map(|i| reflect101(x as i64 + i as i64, img.width()))
+        .collect();
+    let rows: Vec<u32> = (0..side)
+        .map(|i| reflect101(y as i64 + i as i64, img.height()))
+        .collect();
+    let view = MappedView {
+        img,
+        cols: &cols,
+        rows: &rows,
+    };
+    if side == dst {
+        (0..side).flat_map(|r| view.row(r)).collect()
+    } else if side > dst {
+        resize_area(&view, dst, dst)
+    } else {
+        resize_lanczos4(&view, dst, dst)
+    }
+}
+
+/// A virtual source image: pixel `(c, r)` is `img[rows[r]][cols[c]]`.
+struct MappedView<'a> {
+    img: &'a RgbImage,
+    cols: &'a [u32],
+    rows: &'a [u32],
+}
+
+impl MappedView<'_> {
+    fn width(&self) -> u32 {
+        self.cols.len() as u32
+    }
+
+    fn height(&self) -> u32 {
+        self.rows.len() as u32
+    }
+
+    /// Interleaved RGB bytes of row `r`.
+    fn row(&self, r: u32) -> impl Iterator<Item = u8> + '_ {
+        let stride = self.img.width() as usize * 3;
+        let row = &self.img.as_raw()[self.rows[r as usize] as usize * stride..][..stride];
+        self.cols
+            .iter()
+            .flat_map(move |&c| row[c as usize * 3..c as usize * 3 + 3].iter().copied())
+    }
+}
+
+/// One contribution of a source index to a destination index in OpenCV's area resize.
+#[derive(Debug, Clone, Copy)]
+struct AreaTap {
+    dst: usize,
+    src: usize,
+    weight: f32,
+}
+
+/// OpenCV's `computeResizeAreaTab`: each destination cell covers `scale` source pixels starting at
+/// `d * scale`; partly covered pixels at either end get their covered fraction.
+fn area_taps(src_len: u32, dst_len: u32) -> Vec<AreaTap> {
+    let scale = 1.0 / (dst_len as f64 / src_len as f64);
+    let src_len_f = src_len as f64;
+    let mut taps = Vec::with_capacity(src_len as usize * 2);
+    for d in 0..dst_len as usize {
+        let fs1 = d as f64 * scale;
+        let fs2 = fs1 + scale;
+        let cell = scale.min(src_len_f - fs1);
+        let mut s2 = fs2.floor() as i64;
+        s2 = s2.min(src_len as i64 - 1);
+        let s1 = (fs1.ceil() as i64).min(s2);
+        if s1 as f64 - fs1 > 1e-3 {
+            taps.push(AreaTap {
+                dst: d,
+                src: (s1 - 1) as usize,
+                weight: ((s1 as f64 - fs1) / cell) as f32,
+            });
+        }
+        for s in s1..s2 {
+            taps.push(AreaTap {
+                dst: d,
+                src: s as usize,
+                weight: (1.0 / cell) as f32,
+            });
+        }
+        if fs2 - s2 as f64 > 1e-3 {
+            taps.push(AreaTap {
+                dst: d,
+                src: s2 as usize,
+                weight: ((fs2 - s2 as f64).min(1.0).min(cell) / cell) as f32,
+            });
+        }
+    }
+    taps
+}
+
+/// OpenCV's 8-bit `INTER_AREA` downscale. An integer scale factor takes OpenCV's fast path (block
+/// means); any other uses its float area weights, accumulated in the same order.
+fn resize_area(src: &MappedView, dst_w: u32, dst_h: u32) -> Vec<u8> {
+    const CN: usize = 3;
+    let (src_w, src_h) = (src.width(), src.height());
+    let row_len = dst_w as usize * CN;
+    let mut out = vec![0u8; row_len * dst_h as usize];
+    if src_w % dst_w == 0 && src_h % dst_h == 0 {
+        let (kx, ky) = ((src_w / dst_w) as usize, (src_h / dst_h) as usize);
+        let area = (kx * ky) as i32;
+        let inv_area = 1.0 / area as f32;
+        let mut sums = vec![0i32; row_len];
+        for dy in 0..dst_h as usize {
+            sums.fill(0);
+            for sy in dy * ky..(dy + 1) * ky {
+                for (i, v) in src.row(sy as u32).enumerate() {
+                    sums[(i / CN) / kx * CN + i % CN] += v as i32;
+                }
+            }
+            let dst = &mut out[dy * row_len..(dy + 1) * row_len];
+            for (o, &sum) in dst.iter_mut().zip(&sums) {
+                // A 2x2 mean runs OpenCV's SIMD path, which rounds half up; the generic path
+                // rounds `sum * (1 / area)` to nearest even.
+                *o = if area == 4 {
+                    ((sum + 2) >> 2) as u8
+                } else {
+                    (sum as f32 * inv_area).round_ties_even().clamp(0.0, 255.0) as u8
+                };
+            }
+        }
+        return out;
+    }
+    let xtaps = area_taps(src_w, dst_w);
+    let ytaps = area_taps(src_h, dst_h);
+    let mut pixels = vec![0u8; src_w as usize * CN];
+    let mut buf = vec![0f32; row_len];
+    let mut sum = vec![0f32; row_len];
+    let store = |dst: &mut [u8], sum: &[f32]| {
+        for (o, &v) in dst.iter_mut().zip(sum) {
+            *o = v.round_ties_even().clamp(0.0, 255.0) as u8;
+        }
+    };
+    let mut current = ytaps[0].dst;
+    for tap in &ytaps {
+        pixels
+            .iter_mut()
+            .zip(src.row(tap.src as u32))
+            .for_each(|(p, v)| *p = v);
+        buf.fill(0.0);
+        for x in &xtaps {
+            for c in 0..CN {
+                buf[x.dst * CN + c] += pixels[x.src * CN + c] as f32 * x.weight;
+            }
+        }
+        if tap.dst != current {
+            store(&mut out[current * row_len..][..row_len], &sum);
+            for (s, &b) in sum.iter_mut().zip(&buf) {
+                *s = tap.weight * b;
+            }
+            current = tap.dst;
+        } else {
+            for (s, &b) in sum.iter_mut().zip(&buf) {
+                *s += tap.weight * b;
+            }
+        }
+    }
+    store(&mut out[current * row_len..][..row_len], &sum);
+    out
+}
+
+/// OpenCV's `interpolateLanczos4`: the 8 Lanczos (a = 4) weights for taps `-3..=4` around a
+/// fractional offset `x` in `[0, 1)`, normalised to sum to 1.
+fn lanczos4_weights(x: f32) -> [f32; 8] {
+    const S45: f64 = std::f64::consts::FRAC_1_SQRT_2;
+    const CS: [[f64; 2]; 8] = [
+        [1.0, 0.0],
+        [-S45, -S45],
+        [0.0, 1.0],
+        [S45, -S45],
+        [-1.0, 0.0],
+        [S45, S45],
+        [0.0, -1.0],
+        [-S45, S45],
+    ];
+    let y0 = -(x as f64 + 3.0) * std::f64::consts::PI * 0.25;
+    let (s0, c0) = (y0.sin(), y0.cos());
+    let mut coeffs = [0f32; 8];
+    let mut sum = 0f32;
+    for (i, coeff) in coeffs.iter_mut().enumerate() {
+        let yi = x + 3.0 - i as f32;
+        *coeff = if yi.abs() >= 1e-6 {
+            let y = -yi as f64 * std::f64::consts::PI * 0.25;
+            ((CS[i][0] * s0 + CS[i][1] * c0) / (y * y)) as f32
+        } else {
+            1e30
+        };
+        sum += *coeff;
+    }
+    let inv = 1.0 / sum;
+    coeffs.map(|c| c * inv)
+}
+
+/// Per destination index: the first of 8 source taps (may be negative) and the 11-bit fixed-point
+/// Lanczos weights, as OpenCV computes them for 8-bit images.
+fn lanczos4_taps(src_len: u32, dst_len: u32) -> Vec<(i64, [i32; 8])> {
+    let scale = 1.0 / (dst_len as f64 / src_len as f64);
+    (0..dst_len)
+        .map(|d| {
+            let f = ((d as f64 + 0.5) * scale - 0.5) as f32;
+            let s = f.floor();
+            let weights = lanczos4_weights(f - s)
+                .map(|w| (w * COEF_SCALE).round_ties_even().clamp(-32768.0, 32767.0) as i32);
+            (s as i64 - 3, weights)
+        })
+        .collect()
+}
+
+/// OpenCV's 8-bit `INTER_LANCZOS4` resize (used here to upscale): 8x8 taps, edge pixels repeated
+/// outside the source, fixed-point weights, result rounded from 22 fraction bits.
+fn resize_lanczos4(src: &MappedView, dst_w: u32, dst_h: u32) -> Vec<u8> {
+    const CN: usize = 3;
+    let (src_w, src_h) = (src.width(), src.height());
+    let xtaps = lanczos4_taps(src_w, dst_w);
+    let ytaps = lanczos4_taps(src_h, dst_h);
+    let row_len = dst_w as usize * CN;
+    let clamp = |i: i64, len: u32| i.clamp(0, len as i64 - 1) as usize;
+    // Horizontal pass of every source row once (the sources are small: s < dst).
+    let mut pixels = vec![0u8; src_w as usize * CN];
+    let rows: Vec<Vec<i32>> = (0..src_h)
+        .map(|r| {
+            pixels.iter_mut().zip(src.row(r)).for_each(|(p, v)| *p = v);
+            let mut h = vec![0i32; row_len];
+            for (d, (first, weights)) in xtaps.iter().enumerate() {
+                for c in 0..CN {
+                    h[d * CN + c] = (0..8)
+                        .map(|k| {
+                            pixels[clamp(first + k, src_w) * CN + c] as i32 * weights[k as usize]
+                        })
+                        .sum();
+                }
+            }
+            h
+        })
+        .collect();
+    let mut out = vec![0u8; row_len * dst_h as usize];
+    for (dy, (first, weights)) in ytaps.iter().enumerate() {
+        let taps: [&Vec<i32>; 8] = std::array::from_fn(|k| &rows[clamp(first + k as i64, src_h)]);
+        for (x, o) in out[dy * row_len..][..row_len].iter_mut().enumerate() {
+            let v: i32 = (0..8).map(|k| taps[k][x] * weights[k]).sum();
+            *o = ((v + (1 << 21)) >> 22).clamp(0, 255) as u8;
+        }
+    }
+    out
+}
+
+/// Planar `1x3xHxW` f32 tensor in **RGB** order from interleaved RGB bytes, each value times
+/// `scale`.
+pub fn rgb_tensor(rgb: &[u8], w: usize, h: usize, scale: f32) -> Result<Tensor> {
+    let plane = w * h;
+    let mut data = vec![0f32; 3 * plane];
+    for (i, px) in rgb.chunks_exact(3).enumerate() {
+        for c in 0..3 {
+            data[c * plane + i] = px[c] as f32 * scale;
+        }
+    }
+    Tensor::from_vec(data, (1, 3, h, w), &Device::Cpu)
+}
+
 /// Planar `1x3xHxW` f32 tensor in **BGR** order from interleaved RGB bytes, minus `mean_bgr`.
 pub fn bgr_tensor(rgb: &[u8], w: usize, h: usize, mean_bgr: [f32; 3]) -> Result<Tensor> {
     let plane = w * h;
@@ -156,6 +453,48 @@ mod tests {
         // A face too big for the scale: the scale shrinks to fit the image height.
         let [_, t, _, b] = antispoof_crop_box(640, 480, [200.0, 100.0, 200.0, 300.0], 2.7);
         assert_eq!((t, b), (0, 479));
+    }
+
+    #[test]
+    fn reflect101_mirrors_without_repeating_the_edge() {
+        let folded: Vec<u32> = (-3..7).map(|i| reflect101(i, 4)).collect();
+        assert_eq!(folded, [3, 2, 1, 0, 1, 2, 3, 2, 1, 0]);
+        assert_eq!(reflect101(-5, 1), 0);
+    }
+
+    #[test]
+    fn square_box_truncates_toward_zero() {
+        // m = 100, s = 150, centre (40, 60): top-left (-35, -15).
+        assert_eq!(
+            reflect_square_box([0.0, 10.0, 80.0, 110.0], 1.5),
+            [-35, -15, 150]
+        );
+        // -0.9 truncates to 0, not -1.
+        assert_eq!(reflect_square_box([0.0, 0.0, 1.4, 1.4], 1.5)[0], 0);
+    }
+
+    #[test]
+    fn area_weights_cover_each_cell_once() {
+        // 5 -> 2: each cell covers 2.5 source pixels; the middle pixel is shared half/half.
+        let taps = area_taps(5, 2);
+        for d in 0..2 {
+            let total: f32 = taps.iter().filter(|t| t.dst == d).map(|t| t.weight).sum();
+            assert!((total - 1.0).abs() < 1e-6, "cell {d} sums to {total}");
+        }
+        assert!(taps
+            .iter()
+            .any(|t| t.dst == 1 && t.src == 2 && (t.weight - 0.2).abs() < 1e-6));
+    }
+
+    #[test]
+    fn lanczos_weights_interpolate() {
+        // At offset 0 the source pixel itself carries all the weight.
+        let w = lanczos4_weights(0.0);
+        assert!((w[3] - 1.0).abs() < 1e-6 && w.iter().map(|v| v.abs()).sum::<f32>() < 1.0 + 1e-5);
+        // A constant image stays constant through an upscale.
+        let img = RgbImage::from_pixel(5, 5, image::Rgb([9, 99, 200]));
+        let out = resize_square_reflect101(&img, [0, 0, 5], 12);
+        assert!(out.chunks_exact(3).all(|p| p == [9, 99, 200]));
     }
 
     #[test]

@@ -2,19 +2,19 @@
 
 use std::time::Instant;
 
-use candle_core::Module;
 use image::RgbImage;
 
+use crate::antispoof::AntiSpoofModel;
 use crate::config::PipelineConfig;
 use crate::detector::FaceDetector;
 use crate::gate::{check_geometry, select_face, Rejection};
 use crate::image_io::{decode_rgb, DecodeError};
-use crate::imgproc::{antispoof_crop_box, bgr_tensor, resize_bilinear, Window};
 use crate::models::face_pose::CanonicalFace;
 use crate::models::facemesh::{mesh_input, FaceMesh, MeshOutput};
 use crate::models::mask::MaskClassifier;
-use crate::models::minifasnet::{live_probability, MiniFasNet, Variant, INPUT_SIZE};
+use crate::models::minifasnet::Variant;
 use crate::models::retinaface::Detection;
+use crate::scoring::{ScoreModel, ScoreModelError, CALIBRATION_FILE};
 
 pub use crate::gate::GateCode;
 
@@ -47,10 +47,10 @@ pub struct Diagnostics {
     pub faces: Vec<FaceSummary>,
     /// The face the gate selected (scored unless a later check refused it).
     pub selected: Option<FaceSummary>,
-    /// Live probability of MiniFASNetV2 (2.7x crop) and MiniFASNetV1SE (4.0x crop).
-    pub model_live_probabilities: Vec<f32>,
-    /// Inclusive crop rectangles `[l, t, r, b]` fed to the two models.
-    pub crops: Vec<[i32; 4]>,
+    /// What each anti-spoof network saw and said, in the order the pipeline runs them.
+    pub anti_spoof: Vec<ModelScore>,
+    /// The fusion of the networks' live probabilities, before calibration maps it to the score.
+    pub fused: Option<f32>,
     /// The gate's sub-cause when it rejected the photo.
     pub gate_detail: Option<String>,
     /// FaceMesh face-presence probability of the selected face.
@@ -59,6 +59,18 @@ pub struct Diagnostics {
     pub head_pose_deg: Option<[f32; 3]>,
     /// The mask classifier's P(mask) for the selected face.
     pub mask_probability: Option<f32>,
+}
+
+/// One anti-spoof network's view of the selected face.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ModelScore {
+    /// Short model name, e.g. `minifasnet_v2` (the key of the fusion weights).
+    pub model: String,
+    /// The network's probability that the face is live.
+    pub p_live: f32,
+    /// Inclusive crop rectangle `[l, t, r, b]` in image pixels (may extend past the image where
+    /// the network's crop rule pads).
+    pub crop: [i32; 4],
 }
 
 /// A detection in serialisable form.
@@ -96,11 +108,8 @@ pub enum PipelineError {
     Inference(#[from] candle_core::Error),
     #[error("model files could not be loaded: {0}")]
     ModelLoad(String),
-}
-
-struct AntiSpoofModel {
-    net: MiniFasNet,
-    variant: Variant,
+    #[error(transparent)]
+    ScoreModel(#[from] ScoreModelError),
 }
 
 /// Loaded networks and configuration; build once, share by reference (`Send + Sync`).
@@ -110,7 +119,9 @@ pub struct Pipeline {
     face_mesh: FaceMesh,
     canonical_face: CanonicalFace,
     mask: MaskClassifier,
+    /// The networks with a positive fusion weight, in [`Variant::ALL`] order.
     anti_spoof: Vec<AntiSpoofModel>,
+    score_model: ScoreModel,
 }
 
 /// File names of the weights inside the model directory.
@@ -121,19 +132,33 @@ pub const FACEMESH_FILE: &str = "face_landmark_468.safetensors";
 pub const FACE_GEOMETRY_FILE: &str = "face_geometry.safetensors";
 /// Mask classifier weights inside the model directory.
 pub const MASK_FILE: &str = "face_mask_detector.safetensors";
-/// MiniFASNet weight files, in `Variant::ALL` order.
-pub const MINIFASNET_FILES: [&str; 2] = [
-    "minifasnet_v2_2.7_80x80.safetensors",
-    "minifasnet_v1se_4.0_80x80.safetensors",
-];
 
 fn ms_since(start: Instant) -> f64 {
     start.elapsed().as_secs_f64() * 1e3
 }
 
 impl Pipeline {
-    /// Loads every network from `config.model_dir` and applies `config.threads`.
+    /// Loads every network from `config.model_dir` and the scoring file (`calibration.json`
+    /// there unless `config.calibration_file` names another), with `config.fusion_weights`
+    /// applied; see [`Pipeline::with_score_model`].
     pub fn load(config: PipelineConfig) -> Result<Self, PipelineError> {
+        let score_file = config
+            .calibration_file
+            .clone()
+            .unwrap_or_else(|| config.model_dir.join(CALIBRATION_FILE));
+        let mut score_model = ScoreModel::load(&score_file)?;
+        if let Some(weights) = &config.fusion_weights {
+            score_model.fusion_weights = weights.clone();
+        }
+        Self::with_score_model(config, score_model)
+    }
+
+    /// Loads every network from `config.model_dir` and scores with `score_model`; applies
+    /// `config.threads`. Anti-spoof networks whose fusion weight is 0 are not loaded.
+    pub fn with_score_model(
+        config: PipelineConfig,
+        score_model: ScoreModel,
+    ) -> Result<Self, PipelineError> {
         crate::nn::set_num_threads(config.threads);
         let dir = &config.model_dir;
         let load_error =
@@ -146,12 +171,30 @@ impl Pipeline {
             .map_err(|e| load_error(FACE_GEOMETRY_FILE, e))?;
         let mask =
             MaskClassifier::load(dir.join(MASK_FILE)).map_err(|e| load_error(MASK_FILE, e))?;
+        let known: Vec<&str> = Variant::ALL.iter().map(|v| v.name()).collect();
+        if let Some(unknown) = score_model
+            .fusion_weights
+            .0
+            .keys()
+            .find(|name| !known.contains(&name.as_str()))
+        {
+            return Err(PipelineError::ModelLoad(format!(
+                "fusion weight for unknown network {unknown:?} (known: {})",
+                known.join(", ")
+            )));
+        }
         let mut anti_spoof = Vec::new();
-        for (variant, file) in Variant::ALL.into_iter().zip(MINIFASNET_FILES) {
-            let path = dir.join(file);
-            let vb = crate::models::load_weights(&path).map_err(|e| load_error(file, e))?;
-            let net = MiniFasNet::new(vb, variant).map_err(|e| load_error(file, e))?;
-            anti_spoof.push(AntiSpoofModel { net, variant });
+        for variant in Variant::ALL {
+            if score_model.fusion_weights.weight(variant.name()) > 0.0 {
+                let model = AntiSpoofModel::load(dir, variant)
+                    .map_err(|e| load_error(crate::antispoof::weights_file(variant), e))?;
+                anti_spoof.push(model);
+            }
+        }
+        if anti_spoof.is_empty() {
+            return Err(PipelineError::ModelLoad(
+                "no anti-spoof network has a positive fusion weight".into(),
+            ));
         }
         Ok(Self {
             config,
@@ -160,12 +203,18 @@ impl Pipeline {
             canonical_face,
             mask,
             anti_spoof,
+            score_model,
         })
     }
 
     /// The configuration the pipeline was built with.
     pub fn config(&self) -> &PipelineConfig {
         &self.config
+    }
+
+    /// The fusion weights and calibration in use.
+    pub fn score_model(&self) -> &ScoreModel {
+        &self.score_model
     }
 
     /// Decodes `bytes` under the configured limits and assesses the photo.
@@ -345,7 +394,8 @@ impl Pipeline {
         Ok(faces)
     }
 
-    /// Mean live probability of the MiniFASNet pair on their crops around `face`.
+    /// Runs every weighted anti-spoof network on its crop around `face`, fuses their live
+    /// probabilities and calibrates the result into the score.
     fn score_face(
         &self,
         image: &RgbImage,
@@ -353,32 +403,31 @@ impl Pipeline {
         timings: &mut StageTimings,
         diagnostics: &mut Diagnostics,
     ) -> Result<f32, PipelineError> {
-        let (w, h) = image.dimensions();
-        let [x1, y1, x2, y2] = face.bbox;
-        let face_xywh = [x1, y1, x2 - x1, y2 - y1];
-        let mut sum = 0.0;
         for model in &self.anti_spoof {
             let t = Instant::now();
-            let [l, t_, r, b] = antispoof_crop_box(w, h, face_xywh, model.variant.crop_scale());
-            diagnostics.crops.push([l, t_, r, b]);
-            let clamp = |v: i32, max: u32| v.clamp(0, max as i32 - 1) as u32;
-            let (l, t_, r, b) = (clamp(l, w), clamp(t_, h), clamp(r, w), clamp(b, h));
-            let window = Window {
-                x: l,
-                y: t_,
-                w: r - l + 1,
-                h: b - t_ + 1,
-            };
-            let size = INPUT_SIZE as u32;
-            let crop = resize_bilinear(image, window, size, size);
-            let input = bgr_tensor(&crop, INPUT_SIZE, INPUT_SIZE, [0.0; 3])?;
+            let input = model.input(image, face.bbox)?;
             timings.crop_ms += ms_since(t);
             let t = Instant::now();
-            let p_live = live_probability(&model.net.forward(&input)?)?[0];
+            let p_live = model.live_probability(&input)?;
             timings.classify_ms += ms_since(t);
-            diagnostics.model_live_probabilities.push(p_live);
-            sum += p_live;
+            diagnostics.anti_spoof.push(ModelScore {
+                model: model.variant().name().to_string(),
+                p_live,
+                crop: input.crop,
+            });
         }
-        Ok(sum / self.anti_spoof.len() as f32)
+        let scores = || {
+            diagnostics
+                .anti_spoof
+                .iter()
+                .map(|m| (m.model.as_str(), m.p_live))
+        };
+        let fused = self.score_model.fusion_weights.fuse(scores());
+        let score = self.score_model.score(scores());
+        diagnostics.fused = fused;
+        // `with_score_model` loads only weighted networks and at least one, so both are Some.
+        score.ok_or_else(|| {
+            PipelineError::ModelLoad("no anti-spoof network has a positive fusion weight".into())
+        })
     }
 }

@@ -19,8 +19,14 @@ use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::VarBuilder;
 use liveness::image_io::{decode_rgb, DecodeLimits};
 use liveness::imgproc::{antispoof_crop_box, bgr_tensor, resize_bilinear, Window};
-use liveness::models::minifasnet::{live_probability, MiniFasNet, Variant, INPUT_SIZE};
+use liveness::models::minifasnet::{MiniFasNet, Variant};
 use serde_json::Value;
+
+/// Upstream's pair, the networks these golden files describe (the 128x128 network has its own
+/// test file, `antispoof128.rs`).
+const PAIR: [Variant; 2] = [Variant::V2, Variant::V1Se];
+/// Input side of both networks of the pair.
+const INPUT_SIZE: usize = 80;
 
 const ONNX_TOLERANCE: f32 = 1e-4;
 const GOLDEN_TOLERANCE: f32 = 1e-3;
@@ -34,16 +40,15 @@ fn golden_key(variant: Variant) -> &'static str {
     match variant {
         Variant::V2 => "v2",
         Variant::V1Se => "v1se",
+        Variant::V2Se128 => panic!("the pair's golden file has no 128x128 network"),
     }
 }
 
+/// The committed weights (`models/`), which `make models` checks against `models/SHA256SUMS`
+/// (the same bytes as `../shared/models/minifasnet/`).
 fn load(variant: Variant) -> MiniFasNet {
-    let file = match variant {
-        Variant::V2 => "minifasnet_v2_2.7_80x80.safetensors",
-        Variant::V1Se => "minifasnet_v1se_4.0_80x80.safetensors",
-    };
-    let path = shared().join(file);
-    // SAFETY: the shared model files are read-only and not modified while mapped.
+    let path = common::repo("models").join(liveness::antispoof::weights_file(variant));
+    // SAFETY: the model files are read-only and not modified while mapped.
     let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&path], DType::F32, &Device::Cpu) }
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     MiniFasNet::new(vb, variant).unwrap()
@@ -54,6 +59,7 @@ fn onnx_path(variant: Variant) -> PathBuf {
         Variant::V2 => "2.7_80x80_MiniFASNetV2.onnx",
         // The original export uses GlobalAveragePool, which candle-onnx lacks.
         Variant::V1Se => "minifasnet_v1se_4.0_80x80_reducemean.onnx",
+        Variant::V2Se128 => panic!("not one of the pair"),
     })
 }
 
@@ -153,7 +159,7 @@ fn matches_onnx_export() {
         0,
     )
     .unwrap();
-    for variant in Variant::ALL {
+    for variant in PAIR {
         let path = onnx_path(variant);
         let onnx =
             candle_onnx::read_file(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
@@ -212,7 +218,7 @@ fn matches_onnx_export() {
 #[test]
 fn matches_pytorch_golden() {
     let golden = golden();
-    let models = Variant::ALL.map(load);
+    let models = PAIR.map(load);
     let mut checked = 0;
     for model in &models {
         let key = golden_key(model.variant());
@@ -307,7 +313,7 @@ fn crop_boxes_match_upstream_rule() {
     for (image, entry) in golden["crops"].as_object().expect("crops") {
         let (w, h) = source_size(image);
         let face = f32_array::<4>(&entry["bbox_xywh"]);
-        for variant in Variant::ALL {
+        for variant in PAIR {
             let entry = &entry[golden_key(variant)];
             let scale = entry["crop_scale"].as_f64().expect("crop_scale") as f32;
             assert_eq!(scale, variant.crop_scale(), "{image} {variant:?}");
@@ -334,7 +340,7 @@ fn sample_photos_through_crop_and_resize() {
     // Decoder noise alone moves V1SE's p_live by up to ~0.04 on these photos.
     const P_LIVE_DIFF: f32 = 0.1;
     let golden = golden();
-    let models = Variant::ALL.map(load);
+    let models = PAIR.map(load);
     let mut checked = 0;
     for (image, entry) in golden["crops"].as_object().expect("crops") {
         let Some(photo) = source_photo(image) else {
@@ -359,7 +365,7 @@ fn sample_photos_through_crop_and_resize() {
             let diff = (&x - &png).unwrap().abs().unwrap().flatten_all().unwrap();
             let max_diff = diff.max(0).unwrap().to_scalar::<f32>().unwrap();
             let mean_diff = diff.mean(0).unwrap().to_scalar::<f32>().unwrap();
-            let p_live = live_probability(&model.forward(&x).unwrap()).unwrap()[0];
+            let p_live = model.live_probability(&model.forward(&x).unwrap()).unwrap()[0];
             let want = entry["softmax"][1].as_f64().expect("softmax") as f32;
             eprintln!(
                 "{image} {key}: pixel diff max {max_diff} mean {mean_diff:.3}; p_live {p_live:.4} (PyTorch on OpenCV crop {want:.4})"
@@ -382,17 +388,19 @@ fn sample_photos_through_crop_and_resize() {
 #[test]
 fn live_probability_is_softmax_index_1() {
     let golden = golden();
+    let models = PAIR.map(load);
     let mut checked = 0;
     for (image, entry) in golden["crops"].as_object().expect("crops") {
         let mut fused = 0.0;
-        for variant in Variant::ALL {
+        for model in &models {
+            let variant = model.variant();
             let entry = &entry[golden_key(variant)];
             let logits = Tensor::new(logits_of(entry), &Device::Cpu)
                 .unwrap()
                 .unsqueeze(0)
                 .unwrap();
             let want = entry["softmax"][1].as_f64().unwrap() as f32;
-            let got = live_probability(&logits).unwrap();
+            let got = model.live_probability(&logits).unwrap();
             assert_eq!(got.len(), 1);
             assert!(
                 (got[0] - want).abs() < 1e-6,
@@ -413,7 +421,7 @@ fn live_probability_is_softmax_index_1() {
 
 #[test]
 fn rejects_mismatched_variant_and_input_size() {
-    let path = shared().join("minifasnet_v2_2.7_80x80.safetensors");
+    let path = common::repo("models").join(liveness::antispoof::weights_file(Variant::V2));
     // SAFETY: as in `load`.
     let vb =
         unsafe { VarBuilder::from_mmaped_safetensors(&[&path], DType::F32, &Device::Cpu) }.unwrap();

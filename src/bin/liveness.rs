@@ -8,8 +8,13 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use liveness::api::contract::{ApiError, LivenessResponse};
 use liveness::config::PipelineConfig;
-use liveness::eval::{read_labels, summarize, FileResult, Report};
+use liveness::det_plot::draw_det_plot;
+use liveness::eval::{
+    final_score_lists, network_score_lists, read_labels, summarize, FileResult, OperatingPoint,
+    PadMetrics, Report, TargetedOperatingPoint, BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, GATE_CODES,
+};
 use liveness::pipeline::{Outcome, Pipeline};
+use liveness::scoring::{fit_calibration, Calibration, FusionWeights, ScoreModel, CALIBRATION_FILE};
 
 #[derive(Parser)]
 #[command(
@@ -33,7 +38,8 @@ enum Command {
         #[arg(long)]
         verbose: bool,
     },
-    /// Evaluate on DIR/labels.csv (live | spoof | gate rows).
+    /// Evaluate on DIR/labels.csv (live | spoof | gate | other rows): APCER per attack type,
+    /// BPCER, ACER with bootstrap CIs, EER, AUC, rates at fixed targets, gate precision/recall.
     Eval {
         dir: PathBuf,
         /// Write the full JSON report here.
@@ -42,6 +48,25 @@ enum Command {
         /// Decision threshold (overrides LIVENESS_SCORE_THRESHOLD).
         #[arg(long)]
         threshold: Option<f32>,
+        /// Draw DET curves (each network and the final score) into this PNG.
+        #[arg(long)]
+        plot: Option<PathBuf>,
+    },
+    /// Fit the score calibration on labelled directories (live and spoof rows of labels.csv):
+    /// the fused value at which score = 0.5 keeps BPCER (gated lives counted) at or below the
+    /// target, and the slope of the logistic map; writes the scoring file.
+    Calibrate {
+        #[arg(required = true)]
+        dirs: Vec<PathBuf>,
+        /// Highest BPCER allowed at score 0.5, over the live photos of all directories.
+        #[arg(long, default_value_t = 0.05)]
+        target_bpcer: f64,
+        /// Fusion weights `name=weight,...` (default: those of the current scoring file).
+        #[arg(long)]
+        weights: Option<FusionWeights>,
+        /// Where to write the scoring file.
+        #[arg(long)]
+        out: PathBuf,
     },
     /// Time decode, detect, gate, crop, classify and total on 640x480 and 1920x1080 JPEGs.
     Bench {
@@ -73,12 +98,19 @@ fn main() -> Result<()> {
             dir,
             json,
             threshold,
+            plot,
         } => {
             if let Some(t) = threshold {
                 config.score_threshold = t;
             }
-            eval(config, &dir, json.as_deref())
+            eval(config, &dir, json.as_deref(), plot.as_deref())
         }
+        Command::Calibrate {
+            dirs,
+            target_bpcer,
+            weights,
+            out,
+        } => calibrate(config, &dirs, target_bpcer, weights, &out),
         Command::Bench { image, iterations } => bench(config, &image, iterations),
         Command::Serve { port } => serve(config, port),
     }
@@ -121,81 +153,436 @@ fn check(config: PipelineConfig, images: &[PathBuf], verbose: bool) -> Result<()
     Ok(())
 }
 
-fn eval(config: PipelineConfig, dir: &Path, json_out: Option<&Path>) -> Result<()> {
+fn eval(
+    config: PipelineConfig,
+    dir: &Path,
+    json_out: Option<&Path>,
+    plot_out: Option<&Path>,
+) -> Result<()> {
     let threshold = config.score_threshold;
     let pipeline = Pipeline::load(config)?;
     let labels = read_labels(dir)?;
-    let progress = if std::io::stderr().is_terminal() {
-        indicatif::ProgressBar::new(labels.len() as u64)
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
+    let progress = progress_bar(labels.len());
     let mut per_file = Vec::with_capacity(labels.len());
     for row in labels {
         let bytes =
             std::fs::read(dir.join(&row.file)).with_context(|| format!("reading {}", row.file))?;
-        let (score, error) = match pipeline.assess_encoded(&bytes) {
-            Ok(a) => match a.outcome {
-                Outcome::Scored { score } => (Some(score), None),
-                Outcome::Rejected(code) => (None, Some(code.code().to_string())),
-            },
-            Err(e) => (None, Some(ApiError::from(e).code().to_string())),
-        };
-        per_file.push(FileResult {
-            file: row.file,
-            label: row.label,
-            expected_error: row.expected_error,
-            score,
-            error,
-        });
+        per_file.push(FileResult::new(row, pipeline.assess_encoded(&bytes)));
         progress.inc(1);
     }
     progress.finish_and_clear();
     let report = summarize(per_file, threshold);
     print_report(&report);
     if let Some(path) = json_out {
-        std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("writing {}", path.display()))?;
         println!("report written to {}", path.display());
+    }
+    if let Some(path) = plot_out {
+        let title = format!(
+            "DET on {} (threshold {:.2}; a gate refusal counts as an error)",
+            dir.file_name().unwrap_or(dir.as_os_str()).to_string_lossy(),
+            threshold
+        );
+        let operating_point = OperatingPoint {
+            threshold,
+            apcer: report.headline.apcer,
+            bpcer: report.headline.bpcer,
+        };
+        draw_det_plot(
+            path,
+            &title,
+            &network_score_lists(&report.per_file),
+            &final_score_lists(&report.per_file),
+            &operating_point,
+        )
+        .with_context(|| format!("drawing {}", path.display()))?;
+        println!("DET plot written to {}", path.display());
     }
     Ok(())
 }
 
+/// A rate as a percentage, `n/a` when undefined (NaN).
+fn percent(rate: f64) -> String {
+    if rate.is_nan() {
+        "n/a".to_string()
+    } else {
+        format!("{:.1}%", rate * 100.0)
+    }
+}
+
+/// A 95% interval of rates, e.g. `[2.1%, 9.8%]`.
+fn percent_interval([low, high]: [f64; 2]) -> String {
+    format!("[{}, {}]", percent(low), percent(high))
+}
+
+/// An AUC or other fraction to three decimals, `n/a` when undefined.
+fn fraction(value: f64) -> String {
+    if value.is_nan() {
+        "n/a".to_string()
+    } else {
+        format!("{value:.3}")
+    }
+}
+
+/// A threshold for display: `any` for the lowest finite one (accepts every scored photo), `inf`
+/// for the one that rejects everything.
+fn threshold_text(threshold: f32) -> String {
+    if threshold == f32::MIN {
+        "any".to_string()
+    } else if threshold.is_infinite() {
+        "inf".to_string()
+    } else {
+        format!("{threshold:.3}")
+    }
+}
+
 fn print_report(r: &Report) {
     println!(
-        "{:<42} {:<6} {:>7}  error / expected",
-        "file", "label", "score"
+        "{:<44} {:<6} {:<14} {:>7}  {:<48} error / expected",
+        "file", "label", "attack", "score", "networks (fused)"
     );
     for f in &r.per_file {
-        let score = f
-            .score
-            .map(|s| format!("{s:.4}"))
-            .unwrap_or_else(|| "-".into());
+        let score = f.score.map_or_else(|| "-".into(), |s| format!("{s:.4}"));
+        let networks: Vec<String> = f
+            .model_scores
+            .iter()
+            .map(|(model, p)| format!("{}={p:.3}", model.trim_start_matches("minifasnet_")))
+            .chain(f.fused.map(|p| format!("({p:.3})")))
+            .collect();
         let error = f.error.as_deref().unwrap_or("");
-        let expected = if f.expected_error.is_empty() {
-            String::new()
-        } else {
-            format!(" (expected {})", f.expected_error)
-        };
+        let mut expected = String::new();
+        if !f.expected_error.is_empty() {
+            expected = format!(" (expected {}", f.expected_error);
+            if !f.acceptable_errors.is_empty() {
+                expected += &format!(" or {}", f.acceptable_errors.join(" / "));
+            }
+            expected += ")";
+        }
         println!(
-            "{:<42} {:<6} {:>7}  {error}{expected}",
-            f.file, f.label, score
+            "{:<44} {:<6} {:<14} {:>7}  {:<48} {error}{expected}",
+            f.file,
+            f.label,
+            f.attack_type.as_deref().unwrap_or(""),
+            score,
+            networks.join(" ")
         );
     }
+
     println!();
     println!("expected \\ produced:");
     for (expected, produced) in &r.confusion {
         let cells: Vec<String> = produced.iter().map(|(p, n)| format!("{p}={n}")).collect();
         println!("  {expected:<22} {}", cells.join("  "));
     }
+
     println!();
     println!(
-        "threshold {:.2}: live {} spoof {} gate {} | APCER {:.1}%  BPCER {:.1}%  ACER {:.1}% | EER {:.1}% at {:.3} | AUC {:.3}",
-        r.threshold, r.n_live, r.n_spoof, r.n_gate, r.apcer * 100.0, r.bpcer * 100.0, r.acer * 100.0, r.eer * 100.0, r.eer_threshold, r.auc
+        "gate: {}/{} gate photos got their expected or an acceptable code",
+        r.gate.correct, r.gate.total
     );
     println!(
-        "gate: {}/{} gate images got their expected code; live gated {}, spoof gated {}",
-        r.gate_correct, r.gate_total, r.live_gated, r.spoof_gated
+        "gate codes (gate and live rows; an acceptable code is a TP of the expected one, a gated \
+         live photo an FP of the code produced; codes never expected nor produced omitted):"
     );
+    println!(
+        "  {:<22} {:>7} {:>4} {:>4} {:>4} {:>10} {:>8}",
+        "code", "support", "TP", "FP", "FN", "precision", "recall"
+    );
+    for code in GATE_CODES.map(|c| c.code()) {
+        let s = &r.gate.per_code[code];
+        if s.support + s.false_positives == 0 {
+            continue;
+        }
+        println!(
+            "  {code:<22} {:>7} {:>4} {:>4} {:>4} {:>10} {:>8}",
+            s.support,
+            s.true_positives,
+            s.false_positives,
+            s.false_negatives,
+            percent(s.precision),
+            percent(s.recall)
+        );
+    }
+
+    println!();
+    println!(
+        "threshold {:.2} (accept when score >= threshold): {} live, {} spoof, {} gate, {} other",
+        r.threshold, r.n_live, r.n_spoof, r.n_gate, r.n_other
+    );
+    println!(
+        "95% CIs: percentile bootstrap, {BOOTSTRAP_RESAMPLES} resamples (seed {BOOTSTRAP_SEED}), \
+         lives and spoofs resampled separately"
+    );
+    println!("headline (a gate refusal rejects a live photo and refuses an attack):");
+    print_pad_metrics(&r.headline);
+    println!("scored only (the photos the gate let through):");
+    print_pad_metrics(&r.scored_only);
+    println!(
+        "gate rate: live {}/{} ({}), spoof {}/{} ({})",
+        r.gate.live_gated,
+        r.n_live,
+        percent(r.gate.live_gate_rate),
+        r.gate.spoof_gated,
+        r.n_spoof,
+        percent(r.gate.spoof_gate_rate)
+    );
+    for (network, m) in r.per_network.iter().filter(|(_, m)| !m.auc.is_nan()) {
+        println!(
+            "network {network:<20} AUC {}  EER {} at {}",
+            fraction(m.auc),
+            percent(m.eer),
+            threshold_text(m.eer_threshold)
+        );
+    }
+}
+
+fn print_pad_metrics(m: &PadMetrics) {
+    if m.n_live == 0 || m.n_spoof == 0 {
+        println!(
+            "  APCER {}  BPCER {}  ({} attacks, {} live: the other metrics need both)",
+            percent(m.apcer),
+            percent(m.bpcer),
+            m.n_spoof,
+            m.n_live
+        );
+        return;
+    }
+    println!(
+        "  APCER {:>6} {}  over {} attacks",
+        percent(m.apcer),
+        percent_interval(m.ci.apcer),
+        m.n_spoof
+    );
+    for (attack_type, t) in &m.apcer_per_attack_type {
+        println!(
+            "    {attack_type:<16} {:>6}  ({} attacks)",
+            percent(t.apcer),
+            t.n
+        );
+    }
+    let worst: Vec<&str> = m
+        .apcer_per_attack_type
+        .iter()
+        .filter(|(_, t)| t.apcer == m.apcer_max)
+        .map(|(attack_type, _)| attack_type.as_str())
+        .collect();
+    println!(
+        "    {:<16} {:>6}  ({})",
+        "worst type",
+        percent(m.apcer_max),
+        worst.join(", ")
+    );
+    println!(
+        "  BPCER {:>6} {}  over {} live",
+        percent(m.bpcer),
+        percent_interval(m.ci.bpcer),
+        m.n_live
+    );
+    println!(
+        "  ACER  {:>6} {}",
+        percent(m.acer),
+        percent_interval(m.ci.acer)
+    );
+    println!(
+        "  EER   {:>6} at {}",
+        percent(m.eer),
+        threshold_text(m.eer_threshold)
+    );
+    println!(
+        "  AUC   {:>6} [{}, {}]",
+        fraction(m.auc),
+        fraction(m.ci.auc[0]),
+        fraction(m.ci.auc[1])
+    );
+    let at_targets =
+        |name: &str, points: &[TargetedOperatingPoint], rate: fn(&OperatingPoint) -> f64| {
+            let cells: Vec<String> = points
+                .iter()
+                .map(|p| match &p.operating_point {
+                    Some(op) => format!(
+                        "{:.0}%: {} (t {})",
+                        p.target * 100.0,
+                        percent(rate(op)),
+                        threshold_text(op.threshold)
+                    ),
+                    None => format!(
+                        "{:.0}%: unreachable (the gate alone rejects more)",
+                        p.target * 100.0
+                    ),
+                })
+                .collect();
+            println!("  {name} {}", cells.join(" | "));
+        };
+    at_targets("BPCER at APCER", &m.bpcer_at_apcer, |op| op.bpcer);
+    at_targets("APCER at BPCER", &m.apcer_at_bpcer, |op| op.apcer);
+}
+
+/// A progress bar on stderr when it is a terminal, hidden otherwise.
+fn progress_bar(len: usize) -> indicatif::ProgressBar {
+    if std::io::stderr().is_terminal() {
+        indicatif::ProgressBar::new(len as u64)
+    } else {
+        indicatif::ProgressBar::hidden()
+    }
+}
+
+/// Fused values of one labelled directory's live and spoof photos.
+struct CalibrationSet {
+    name: String,
+    live: Vec<f32>,
+    spoof: Vec<f32>,
+    live_gated: usize,
+    spoof_gated: usize,
+}
+
+impl CalibrationSet {
+    /// APCER and BPCER when photos with a fused value >= `pivot` are accepted (gated lives
+    /// rejected, gated spoofs refused).
+    fn error_rates(&self, pivot: f32) -> (f64, f64) {
+        let rate = |n: usize, d: usize| n as f64 / d.max(1) as f64;
+        let accepted_spoofs = self.spoof.iter().filter(|f| **f >= pivot).count();
+        let rejected_lives = self.live.iter().filter(|f| **f < pivot).count() + self.live_gated;
+        (
+            rate(accepted_spoofs, self.spoof.len() + self.spoof_gated),
+            rate(rejected_lives, self.live.len() + self.live_gated),
+        )
+    }
+
+    fn report(&self, pivot: f32) -> serde_json::Value {
+        let (apcer, bpcer) = self.error_rates(pivot);
+        serde_json::json!({
+            "set": self.name,
+            "live": self.live.len() + self.live_gated,
+            "spoof": self.spoof.len() + self.spoof_gated,
+            "live_gated": self.live_gated,
+            "spoof_gated": self.spoof_gated,
+            "apcer": apcer,
+            "bpcer": bpcer,
+        })
+    }
+}
+
+fn calibrate(
+    config: PipelineConfig,
+    dirs: &[PathBuf],
+    target_bpcer: f64,
+    weights: Option<FusionWeights>,
+    out: &Path,
+) -> Result<()> {
+    let weights = match weights.or_else(|| config.fusion_weights.clone()) {
+        Some(w) => w,
+        None => {
+            let current = config
+                .calibration_file
+                .clone()
+                .unwrap_or_else(|| config.model_dir.join(CALIBRATION_FILE));
+            ScoreModel::load(&current)
+                .context("no --weights given and the current scoring file is unusable")?
+                .fusion_weights
+        }
+    };
+    // The networks' outputs and the fusion do not depend on the calibration being fitted.
+    let provisional = ScoreModel {
+        fusion_weights: weights.clone(),
+        calibration: Calibration {
+            pivot: 0.5,
+            slope: 1.0,
+        },
+        fit: None,
+    };
+    let pipeline = Pipeline::with_score_model(config, provisional)?;
+    let mut sets = Vec::new();
+    for dir in dirs {
+        let labels = read_labels(dir)?;
+        let progress = progress_bar(labels.len());
+        let mut set = CalibrationSet {
+            name: dir
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| dir.display().to_string()),
+            live: Vec::new(),
+            spoof: Vec::new(),
+            live_gated: 0,
+            spoof_gated: 0,
+        };
+        for row in labels {
+            progress.inc(1);
+            let is_live = match row.label.as_str() {
+                "live" => true,
+                "spoof" => false,
+                _ => continue,
+            };
+            let bytes = std::fs::read(dir.join(&row.file))
+                .with_context(|| format!("reading {}", row.file))?;
+            let fused = match pipeline.assess_encoded(&bytes) {
+                Ok(a) if matches!(a.outcome, Outcome::Scored { .. }) => a.diagnostics.fused,
+                _ => None,
+            };
+            match (is_live, fused) {
+                (true, Some(f)) => set.live.push(f),
+                (true, None) => set.live_gated += 1,
+                (false, Some(f)) => set.spoof.push(f),
+                (false, None) => set.spoof_gated += 1,
+            }
+        }
+        progress.finish_and_clear();
+        sets.push(set);
+    }
+    let all_live: Vec<f32> = sets.iter().flat_map(|s| s.live.iter().copied()).collect();
+    let all_spoof: Vec<f32> = sets.iter().flat_map(|s| s.spoof.iter().copied()).collect();
+    let live_gated = sets.iter().map(|s| s.live_gated).sum();
+    let calibration = fit_calibration(&all_live, &all_spoof, live_gated, target_bpcer)
+        .context("no scored live photo to calibrate on")?;
+    let pooled = CalibrationSet {
+        name: "all".into(),
+        live: all_live,
+        spoof: all_spoof,
+        live_gated,
+        spoof_gated: sets.iter().map(|s| s.spoof_gated).sum(),
+    };
+    let reports: Vec<serde_json::Value> = sets
+        .iter()
+        .chain([&pooled])
+        .map(|s| s.report(calibration.pivot))
+        .collect();
+    println!(
+        "fusion weights {}; target BPCER {:.1}%",
+        serde_json::to_string(&weights)?,
+        target_bpcer * 100.0
+    );
+    println!(
+        "operating point: fused {:.5} -> score 0.5; slope {:.4} (score = sigmoid(slope * (logit(fused) - logit(pivot))))",
+        calibration.pivot, calibration.slope
+    );
+    for r in &reports {
+        println!(
+            "  {:<16} live {:>3} (gated {:>2})  spoof {:>3} (gated {:>2})  APCER {:>5.1}%  BPCER {:>5.1}%",
+            r["set"].as_str().unwrap_or_default(),
+            r["live"],
+            r["live_gated"],
+            r["spoof"],
+            r["spoof_gated"],
+            r["apcer"].as_f64().unwrap_or_default() * 100.0,
+            r["bpcer"].as_f64().unwrap_or_default() * 100.0,
+        );
+    }
+    let model = ScoreModel {
+        fusion_weights: weights,
+        calibration,
+        fit: Some(serde_json::json!({
+            "command": format!(
+                "liveness calibrate {} --target-bpcer {target_bpcer}",
+                sets.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(" ")
+            ),
+            "target_bpcer": target_bpcer,
+            "sets": reports,
+        })),
+    };
+    std::fs::write(out, serde_json::to_string_pretty(&model)? + "\n")
+        .with_context(|| format!("writing {}", out.display()))?;
+    println!("written to {}", out.display());
+    Ok(())
 }
 
 fn bench(config: PipelineConfig, image: &Path, iterations: usize) -> Result<()> {
@@ -261,7 +648,7 @@ fn bench_networks(model_dir: &Path, iterations: usize) -> Result<()> {
     use candle_core::{Device, Module, Tensor};
     use liveness::models::{facemesh::FaceMesh, load_weights, mask::MaskClassifier};
     use liveness::models::{minifasnet::MiniFasNet, minifasnet::Variant, retinaface::RetinaFace};
-    use liveness::pipeline::{FACEMESH_FILE, MASK_FILE, MINIFASNET_FILES, RETINAFACE_FILE};
+    use liveness::pipeline::{FACEMESH_FILE, MASK_FILE, RETINAFACE_FILE};
 
     let input = |shape: (usize, usize, usize, usize), lo: f32, hi: f32| {
         Tensor::rand(lo, hi, shape, &Device::Cpu)
@@ -284,10 +671,12 @@ fn bench_networks(model_dir: &Path, iterations: usize) -> Result<()> {
         "RetinaFace 320x240",
         time(&|| retinaface.forward(&x).map(drop))?
     );
-    for (variant, file) in Variant::ALL.into_iter().zip(MINIFASNET_FILES) {
+    for variant in Variant::ALL {
+        let file = liveness::antispoof::weights_file(variant);
         let net = MiniFasNet::new(load_weights(model_dir.join(file))?, variant)?;
-        let x = input((1, 3, 80, 80), 0.0, 255.0)?;
-        let name = format!("MiniFASNet {variant:?} 80x80");
+        let size = variant.input_size();
+        let x = input((1, 3, size, size), 0.0, 255.0)?;
+        let name = format!("{} {size}x{size}", variant.name());
         println!("  {name:<28} {}", time(&|| net.forward(&x).map(drop))?);
     }
     let mesh = FaceMesh::load(model_dir.join(FACEMESH_FILE))?;

@@ -1,54 +1,118 @@
-//! MiniFASNet, the passive anti-spoof classifier pair of minivision-ai/Silent-Face-Anti-Spoofing.
+//! MiniFASNet, the passive anti-spoof classifier family of minivision-ai/Silent-Face-Anti-Spoofing.
 //!
-//! Two networks share one layout and differ in channel widths and squeeze-excitation:
-//! [`Variant::V2`] (MiniFASNetV2, crop scale 2.7) and [`Variant::V1Se`] (MiniFASNetV1SE, crop
-//! scale 4.0). Both take an 80x80 BGR crop with raw 0..255 values and return 3 logits whose
-//! softmax index 1 is "live".
+//! Three published networks share one layout and differ in channel widths, squeeze-excitation,
+//! input size and head ([`Variant`]):
+//! - [`Variant::V2`] (MiniFASNetV2) and [`Variant::V1Se`] (MiniFASNetV1SE), upstream's pair: an
+//!   80x80 BGR crop with raw 0..255 values in, 3 logits out, softmax index 1 is "live";
+//! - [`Variant::V2Se128`] (MiniFASNetV2-SE trained on CelebA-Spoof by
+//!   johnraivenolazo/face-antispoof-onnx): a 128x128 RGB crop scaled to 0..1 in, 2 logits
+//!   `[real, spoof]` out, softmax index 0 is "live".
 //!
 //! Layout (module names mirror the checkpoint's tensor names):
 //! `conv1` (3x3/2) -> `conv2_dw` (3x3 depthwise) -> `conv_23` (down) -> `conv_3` (residual)
 //! -> `conv_34` (down) -> `conv_4` (residual) -> `conv_45` (down) -> `conv_5` (residual)
-//! -> `conv_6_sep` (1x1) -> `conv_6_dw` (5x5 depthwise, no padding, no activation)
-//! -> flatten -> `linear` + `bn` (BatchNorm1d) -> `prob`.
-//! Every BatchNorm is folded into the layer before it when the model is built; channel widths,
-//! kernel sizes and residual block counts are read from the checkpoint.
+//! -> `conv_6_sep` (1x1) -> `conv_6_dw` (depthwise over the whole map, no padding, no activation)
+//! -> flatten -> `linear` + `bn` (BatchNorm1d) -> head (`prob` or `logits`).
+//! Every BatchNorm is folded into the layer before it when the model is built (or was folded by
+//! the exporter: a conv with a bias and no `bn`); channel widths, kernel sizes and residual block
+//! counts are read from the checkpoint.
 
 use candle_core::{Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
 
 use crate::nn::conv::{Activation, ConvGeometry, FusedConv2d};
 
-/// BatchNorm epsilon used by every normalisation layer of the upstream models.
+/// BatchNorm epsilon used by every normalisation layer of the published models.
 const BN_EPS: f64 = 1e-5;
 
-/// Side of the square input crop, in pixels.
-pub const INPUT_SIZE: usize = 80;
-
-/// Which of the two published anti-spoof networks a checkpoint holds.
+/// Which of the published anti-spoof networks a checkpoint holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Variant {
     /// MiniFASNetV2, trained on crops 2.7x the face box (`2.7_80x80_MiniFASNetV2.pth`).
     V2,
     /// MiniFASNetV1SE, trained on crops 4.0x the face box (`4_0_0_80x80_MiniFASNetV1SE.pth`).
     V1Se,
+    /// MiniFASNetV2-SE at 128x128, trained on 1.5x square crops of CelebA-Spoof
+    /// (`face_antispoof_minifasv2se_128.onnx`).
+    V2Se128,
+}
+
+/// How the crop's pixels become the network's input tensor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InputEncoding {
+    /// Planar BGR, raw 0..255 values.
+    BgrRaw,
+    /// Planar RGB, values divided by 255.
+    RgbUnit,
 }
 
 impl Variant {
-    /// Both variants, in the order upstream's sample code runs them.
-    pub const ALL: [Variant; 2] = [Variant::V2, Variant::V1Se];
+    /// Every variant, in the order the pipeline runs them.
+    pub const ALL: [Variant; 3] = [Variant::V2, Variant::V1Se, Variant::V2Se128];
 
-    /// How many times the face box the crop fed to this network spans (before clamping to the
-    /// image, see [`crate::imgproc::antispoof_crop_box`]).
+    /// Short name used in diagnostics, reports and fusion weights.
+    pub fn name(self) -> &'static str {
+        match self {
+            Variant::V2 => "minifasnet_v2",
+            Variant::V1Se => "minifasnet_v1se",
+            Variant::V2Se128 => "minifasnet_v2se_128",
+        }
+    }
+
+    /// Side of the square input crop, in pixels.
+    pub fn input_size(self) -> usize {
+        match self {
+            Variant::V2 | Variant::V1Se => 80,
+            Variant::V2Se128 => 128,
+        }
+    }
+
+    /// How the crop is turned into the input tensor.
+    pub fn input_encoding(self) -> InputEncoding {
+        match self {
+            Variant::V2 | Variant::V1Se => InputEncoding::BgrRaw,
+            Variant::V2Se128 => InputEncoding::RgbUnit,
+        }
+    }
+
+    /// How many times the face box the crop fed to this network spans (see
+    /// [`crate::imgproc::antispoof_crop_box`] and [`crate::imgproc::reflect_square_box`] for how
+    /// each variant's crop rule uses it).
     pub fn crop_scale(self) -> f32 {
         match self {
             Variant::V2 => 2.7,
             Variant::V1Se => 4.0,
+            Variant::V2Se128 => 1.5,
+        }
+    }
+
+    /// Index of the "live" class in the logits.
+    pub fn live_class(self) -> usize {
+        match self {
+            Variant::V2 | Variant::V1Se => 1,
+            Variant::V2Se128 => 0,
+        }
+    }
+
+    /// Number of logits the head produces.
+    fn classes(self) -> usize {
+        match self {
+            Variant::V2 | Variant::V1Se => 3,
+            Variant::V2Se128 => 2,
+        }
+    }
+
+    /// Name of the classification head in the checkpoint.
+    fn head(self) -> &'static str {
+        match self {
+            Variant::V2 | Variant::V1Se => "prob",
+            Variant::V2Se128 => "logits",
         }
     }
 
     /// Whether the last block of each residual stage carries a squeeze-excitation module.
     fn has_se(self) -> bool {
-        matches!(self, Variant::V1Se)
+        matches!(self, Variant::V1Se | Variant::V2Se128)
     }
 }
 
@@ -101,30 +165,44 @@ fn conv_bn(
             )
         }
     };
-    let bn = vb.pp("bn");
-    let gamma = bn.get(out_channels, "weight")?;
-    let beta = bn.get(out_channels, "bias")?;
-    let mean = bn.get(out_channels, "running_mean")?;
-    let var = bn.get(out_channels, "running_var")?;
     let activation = if prelu {
         Activation::PRelu(vb.pp("prelu").get(out_channels, "weight")?.to_vec1()?)
     } else {
         Activation::Identity
     };
+    let geometry = ConvGeometry::new(stride, padding, groups);
+    conv_with_folded_bn(&vb.pp("conv"), &vb.pp("bn"), weight, geometry, activation)
+}
+
+/// A conv whose BatchNorm is either stored beside it (`bn.*`, folded here) or was folded by the
+/// exporter (`conv.bias`, no `bn`).
+fn conv_with_folded_bn(
+    conv: &VarBuilder,
+    bn: &VarBuilder,
+    weight: Tensor,
+    geometry: ConvGeometry,
+    activation: Activation,
+) -> Result<FusedConv2d> {
+    let channels = weight.dim(0)?;
+    if !bn.contains_tensor("weight") {
+        let bias = conv.get(channels, "bias")?;
+        return FusedConv2d::new(&weight, Some(&bias), geometry, activation);
+    }
     FusedConv2d::with_batch_norm(
         &weight,
         None,
-        &gamma,
-        &beta,
-        &mean,
-        &var,
+        &bn.get(channels, "weight")?,
+        &bn.get(channels, "bias")?,
+        &bn.get(channels, "running_mean")?,
+        &bn.get(channels, "running_var")?,
         BN_EPS,
-        ConvGeometry::new(stride, padding, groups),
+        geometry,
         activation,
     )
 }
 
-/// Squeeze-excitation: global mean -> 1x1 conv + BN + ReLU -> 1x1 conv + BN -> sigmoid gate.
+/// Squeeze-excitation: global mean -> 1x1 conv + BN + ReLU -> 1x1 conv + BN -> sigmoid gate
+/// (BN either stored as `bn1`/`bn2` or already folded into `fc1`/`fc2`).
 #[derive(Debug, Clone)]
 struct SeModule {
     fc1: FusedConv2d,
@@ -134,18 +212,14 @@ struct SeModule {
 impl SeModule {
     fn new(vb: VarBuilder) -> Result<Self> {
         let fc = |i: usize, activation: Activation| -> Result<FusedConv2d> {
-            let weight = vb.get_unchecked(&format!("fc{i}.weight"))?;
-            let channels = weight.dim(0)?;
-            let bn = vb.pp(format!("bn{i}"));
-            FusedConv2d::with_batch_norm(
-                &weight,
-                None,
-                &bn.get(channels, "weight")?,
-                &bn.get(channels, "bias")?,
-                &bn.get(channels, "running_mean")?,
-                &bn.get(channels, "running_var")?,
-                BN_EPS,
-                ConvGeometry::new(1, 0, 1),
+            let conv = vb.pp(format!("fc{i}"));
+            let weight = conv.get_unchecked("weight")?;
+            let geometry = ConvGeometry::new(1, 0, 1);
+            conv_with_folded_bn(
+                &conv,
+                &vb.pp(format!("bn{i}")),
+                weight,
+                geometry,
                 activation,
             )
         };
@@ -226,7 +300,7 @@ const STAGES: [(&str, bool); 6] = [
     ("conv_5", true),
 ];
 
-/// A MiniFASNet anti-spoof network (either [`Variant`]) with BatchNorm folded, ready to run.
+/// A MiniFASNet anti-spoof network (any [`Variant`]) with BatchNorm folded, ready to run.
 #[derive(Debug, Clone)]
 pub struct MiniFasNet {
     variant: Variant,
@@ -237,11 +311,12 @@ pub struct MiniFasNet {
     conv_6_dw: FusedConv2d,
     /// `linear` with the BatchNorm1d `bn` folded in: `[128, 512]` weight plus bias.
     linear: candle_nn::Linear,
-    prob: candle_nn::Linear,
+    /// The classification head (`prob` or `logits` in the checkpoint), no bias.
+    head: candle_nn::Linear,
 }
 
 impl MiniFasNet {
-    /// Builds the network from a checkpoint whose tensor names are upstream's module names
+    /// Builds the network from a checkpoint whose tensor names are the PyTorch module names
     /// (without the `module.` prefix), e.g. `minifasnet_v2_2.7_80x80.safetensors`.
     ///
     /// Fails if a tensor is missing or mis-shaped, or if the checkpoint's squeeze-excitation
@@ -291,14 +366,10 @@ impl MiniFasNet {
         let bias = (bn.get(embedding, "bias")? - (bn.get(embedding, "running_mean")? * &scale)?)?;
         let linear =
             candle_nn::Linear::new(weight.broadcast_mul(&scale.unsqueeze(1)?)?, Some(bias));
-        let prob_weight = vb.pp("prob").get_unchecked("weight")?;
-        if prob_weight.dim(1)? != embedding {
-            candle_core::bail!(
-                "prob takes {} inputs, linear gives {embedding}",
-                prob_weight.dim(1)?
-            );
-        }
-        let prob = candle_nn::Linear::new(prob_weight, None);
+        let head_weight = vb
+            .pp(variant.head())
+            .get((variant.classes(), embedding), "weight")?;
+        let head = candle_nn::Linear::new(head_weight, None);
         Ok(Self {
             variant,
             conv1,
@@ -307,7 +378,7 @@ impl MiniFasNet {
             conv_6_sep,
             conv_6_dw,
             linear,
-            prob,
+            head,
         })
     }
 
@@ -318,12 +389,15 @@ impl MiniFasNet {
 }
 
 impl Module for MiniFasNet {
-    /// `(N, 3, 80, 80)` f32 BGR crops with raw 0..255 values -> `(N, 3)` logits.
+    /// `(N, 3, S, S)` f32 crops encoded as [`Variant::input_encoding`] says, `S` =
+    /// [`Variant::input_size`] -> `(N, classes)` logits.
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let (_, c, h, w) = xs.dims4()?;
-        if (c, h, w) != (3, INPUT_SIZE, INPUT_SIZE) {
+        let size = self.variant.input_size();
+        if (c, h, w) != (3, size, size) {
             candle_core::bail!(
-                "MiniFASNet expects (N, 3, {INPUT_SIZE}, {INPUT_SIZE}) input, got {:?}",
+                "{} expects (N, 3, {size}, {size}) input, got {:?}",
+                self.variant.name(),
                 xs.dims()
             );
         }
@@ -332,15 +406,19 @@ impl Module for MiniFasNet {
             ys = block.forward(&ys)?;
         }
         let ys = self.conv_6_dw.forward(&self.conv_6_sep.forward(&ys)?)?;
-        self.prob
+        self.head
             .forward(&self.linear.forward(&ys.flatten_from(1)?)?)
     }
 }
 
-/// Softmax probability of the "live" class (index 1) for each row of `(N, 3)` logits.
-pub fn live_probability(logits: &Tensor) -> Result<Vec<f32>> {
-    candle_nn::ops::softmax(logits, D::Minus1)?
-        .narrow(1, 1, 1)?
-        .flatten_all()?
-        .to_vec1()
+impl MiniFasNet {
+    /// Softmax probability of the "live" class ([`Variant::live_class`]) for each row of the
+    /// logits this network produced. For the two-class [`Variant::V2Se128`] this is
+    /// `sigmoid(real - spoof)`.
+    pub fn live_probability(&self, logits: &Tensor) -> Result<Vec<f32>> {
+        candle_nn::ops::softmax(logits, D::Minus1)?
+            .narrow(1, self.variant.live_class(), 1)?
+            .flatten_all()?
+            .to_vec1()
+    }
 }
