@@ -166,19 +166,15 @@ fn reflect101(mut i: i64, len: u32) -> u32 {
 pub fn resize_square_reflect101(img: &RgbImage, square: [i32; 3], dst: u32) -> Vec<u8> {
     let [x, y, s] = square;
     let side = s.max(1) as u32;
-    let cols: Vec<u32> = (0..side)
-        .map(|i| reflect101(x as i64 + i as i64, img.width()))
-        .collect();
-    let rows: Vec<u32> = (0..side)
-        .map(|i| reflect101(y as i64 + i as i64, img.height()))
-        .collect();
-    let view = MappedView {
-        img,
-        cols: &cols,
-        rows: &rows,
-    };
+    let view = MappedView::new(img, x, y, side);
     if side == dst {
-        (0..side).flat_map(|r| view.row(r)).collect()
+        let mut out = Vec::with_capacity(side as usize * side as usize * 3);
+        let mut row = vec![0u8; side as usize * 3];
+        for r in 0..side {
+            view.copy_row(r, &mut row);
+            out.extend_from_slice(&row);
+        }
+        out
     } else if side > dst {
         resize_area(&view, dst, dst)
     } else {
@@ -186,29 +182,52 @@ pub fn resize_square_reflect101(img: &RgbImage, square: [i32; 3], dst: u32) -> V
     }
 }
 
-/// A virtual source image: pixel `(c, r)` is `img[rows[r]][cols[c]]`.
+/// A virtual `side x side` source: the square at `x, y` of an image, mirrored in
+/// (`BORDER_REFLECT_101`) where it leaves the image. Nothing is copied until a row is asked for.
 struct MappedView<'a> {
     img: &'a RgbImage,
-    cols: &'a [u32],
-    rows: &'a [u32],
+    /// Image row of each source row.
+    rows: Vec<u32>,
+    /// Runs of consecutive image columns: `(first source column, first image column, length)`.
+    col_runs: Vec<(usize, usize, usize)>,
+    side: u32,
 }
 
-impl MappedView<'_> {
+impl<'a> MappedView<'a> {
+    fn new(img: &'a RgbImage, x: i32, y: i32, side: u32) -> Self {
+        let mut col_runs: Vec<(usize, usize, usize)> = Vec::new();
+        for i in 0..side as usize {
+            let c = reflect101(x as i64 + i as i64, img.width()) as usize;
+            match col_runs.last_mut() {
+                Some((start, first, len)) if *first + *len == c && *start + *len == i => *len += 1,
+                _ => col_runs.push((i, c, 1)),
+            }
+        }
+        Self {
+            img,
+            rows: (0..side)
+                .map(|i| reflect101(y as i64 + i as i64, img.height()))
+                .collect(),
+            col_runs,
+            side,
+        }
+    }
+
     fn width(&self) -> u32 {
-        self.cols.len() as u32
+        self.side
     }
 
     fn height(&self) -> u32 {
-        self.rows.len() as u32
+        self.side
     }
 
-    /// Interleaved RGB bytes of row `r`.
-    fn row(&self, r: u32) -> impl Iterator<Item = u8> + '_ {
+    /// Copies the interleaved RGB bytes of source row `r` into `out` (`3 * width` bytes).
+    fn copy_row(&self, r: u32, out: &mut [u8]) {
         let stride = self.img.width() as usize * 3;
         let row = &self.img.as_raw()[self.rows[r as usize] as usize * stride..][..stride];
-        self.cols
-            .iter()
-            .flat_map(move |&c| row[c as usize * 3..c as usize * 3 + 3].iter().copied())
+        for &(start, first, len) in &self.col_runs {
+            out[start * 3..(start + len) * 3].copy_from_slice(&row[first * 3..(first + len) * 3]);
+        }
     }
 }
 
@@ -270,11 +289,16 @@ fn resize_area(src: &MappedView, dst_w: u32, dst_h: u32) -> Vec<u8> {
         let area = (kx * ky) as i32;
         let inv_area = 1.0 / area as f32;
         let mut sums = vec![0i32; row_len];
+        let mut pixels = vec![0u8; src_w as usize * CN];
         for dy in 0..dst_h as usize {
             sums.fill(0);
             for sy in dy * ky..(dy + 1) * ky {
-                for (i, v) in src.row(sy as u32).enumerate() {
-                    sums[(i / CN) / kx * CN + i % CN] += v as i32;
+                src.copy_row(sy as u32, &mut pixels);
+                for (sx, px) in pixels.chunks_exact(CN).enumerate() {
+                    let d = sx / kx * CN;
+                    for c in 0..CN {
+                        sums[d + c] += px[c] as i32;
+                    }
                 }
             }
             let dst = &mut out[dy * row_len..(dy + 1) * row_len];
@@ -302,15 +326,14 @@ fn resize_area(src: &MappedView, dst_w: u32, dst_h: u32) -> Vec<u8> {
     };
     let mut current = ytaps[0].dst;
     for tap in &ytaps {
-        pixels
-            .iter_mut()
-            .zip(src.row(tap.src as u32))
-            .for_each(|(p, v)| *p = v);
+        src.copy_row(tap.src as u32, &mut pixels);
         buf.fill(0.0);
         for x in &xtaps {
-            for c in 0..CN {
-                buf[x.dst * CN + c] += pixels[x.src * CN + c] as f32 * x.weight;
-            }
+            let p = &pixels[x.src * CN..x.src * CN + CN];
+            let b = &mut buf[x.dst * CN..x.dst * CN + CN];
+            b[0] += p[0] as f32 * x.weight;
+            b[1] += p[1] as f32 * x.weight;
+            b[2] += p[2] as f32 * x.weight;
         }
         if tap.dst != current {
             store(&mut out[current * row_len..][..row_len], &sum);
@@ -388,7 +411,7 @@ fn resize_lanczos4(src: &MappedView, dst_w: u32, dst_h: u32) -> Vec<u8> {
     let mut pixels = vec![0u8; src_w as usize * CN];
     let rows: Vec<Vec<i32>> = (0..src_h)
         .map(|r| {
-            pixels.iter_mut().zip(src.row(r)).for_each(|(p, v)| *p = v);
+            src.copy_row(r, &mut pixels);
             let mut h = vec![0i32; row_len];
             for (d, (first, weights)) in xtaps.iter().enumerate() {
                 for c in 0..CN {
