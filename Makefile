@@ -35,11 +35,15 @@ models: system-deps verify-committed-models $(MODEL_FILES)
 build: system-deps
 	$(CARGO) build --release --locked
 
-# System packages the build needs (candle-onnx compiles ONNX protobufs with protoc).
+# Debian packages the build and the tests need, installed when missing: protoc (candle-onnx
+# compiles the ONNX protobufs), the DejaVu font (text of `liveness eval --plot`).
+SYSTEM_PACKAGES += protobuf-compiler fonts-dejavu-core
 system-deps:
-	@command -v protoc >/dev/null || { \
+	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq protobuf-compiler; }
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq $$missing; \
+	fi
 .PHONY: system-deps
 
 test: system-deps models venv

@@ -37,6 +37,8 @@ const NETWORK_COLOURS: [RGBColor; 5] = [
 /// Why a DET plot could not be written.
 #[derive(Debug, thiserror::Error)]
 pub enum DetPlotError {
+    #[error("a DET plot needs live and spoof photos ({live} live, {spoof} spoof)")]
+    MissingClass { live: usize, spoof: usize },
     #[error("the DET plot needs the font {FONT_PATH} (Debian package fonts-dejavu-core): {0}")]
     FontMissing(std::io::Error),
     #[error("{FONT_PATH} is not a usable TrueType font")]
@@ -187,12 +189,22 @@ impl ValueFormatter<f64> for ProbitAxis {
     }
 }
 
-/// The (APCER, BPCER) corners of a scorer's DET curve, by rising threshold.
+/// The (APCER, BPCER) corners of a scorer's DET curve, by rising threshold. Points in the middle
+/// of a horizontal or vertical run are dropped: they add nothing to the staircase, and each
+/// joint of a thick line would draw a one-pixel jog.
 fn curve(lists: &ScoreLists) -> Vec<(f64, f64)> {
-    det_curve(&lists.lives, &lists.spoofs)
+    let points: Vec<(f64, f64)> = det_curve(&lists.lives, &lists.spoofs)
         .into_iter()
         .filter(|p| !p.apcer.is_nan() && !p.bpcer.is_nan())
         .map(|p| (p.apcer, p.bpcer))
+        .collect();
+    let inside_a_run = |i: usize| {
+        let (before, at, after) = (points[i - 1], points[i], points[i + 1]);
+        (before.0 == at.0 && at.0 == after.0) || (before.1 == at.1 && at.1 == after.1)
+    };
+    (0..points.len())
+        .filter(|&i| i == 0 || i + 1 == points.len() || !inside_a_run(i))
+        .map(|i| points[i])
         .collect()
 }
 
@@ -206,8 +218,12 @@ pub fn draw_det_plot(
     final_score: &ScoreLists,
     operating_point: &OperatingPoint,
 ) -> Result<(), DetPlotError> {
+    let (live, spoof) = (final_score.lives.len(), final_score.spoofs.len());
+    if live == 0 || spoof == 0 {
+        return Err(DetPlotError::MissingClass { live, spoof });
+    }
     register_font()?;
-    let axis = ProbitAxis::for_class_sizes(final_score.lives.len(), final_score.spoofs.len());
+    let axis = ProbitAxis::for_class_sizes(live, spoof);
     let mut pixels = vec![0u8; (WIDTH * HEIGHT * 3) as usize];
     {
         let root = BitMapBackend::with_buffer(&mut pixels, (WIDTH, HEIGHT)).into_drawing_area();
@@ -312,6 +328,18 @@ mod tests {
     }
 
     #[test]
+    fn curve_keeps_only_the_staircase_corners() {
+        // Thresholds 0.1 (A 1, B 0), 0.2 (2/3, 0), 0.3 (1/3, 0), 0.7 (0, 0), 0.8 (0, 1/2),
+        // inf (0, 1): the run along B = 0 keeps its ends, the run along A = 0 loses (0, 1/2).
+        let lists = ScoreLists {
+            name: "s".into(),
+            lives: vec![0.7, 0.8],
+            spoofs: vec![0.1, 0.2, 0.3],
+        };
+        assert_eq!(curve(&lists), [(1.0, 0.0), (0.0, 0.0), (0.0, 1.0)]);
+    }
+
+    #[test]
     fn draws_a_png_with_the_curves() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("det.png");
@@ -328,5 +356,15 @@ mod tests {
         let red = image.pixels().filter(|p| p.0 == [255, 0, 0]).count();
         let black = image.pixels().filter(|p| p.0 == [0, 0, 0]).count();
         assert!(red > 50 && black > 500, "red {red}, black {black}");
+
+        let no_spoofs = ScoreLists {
+            spoofs: Vec::new(),
+            ..final_score
+        };
+        let refused = draw_det_plot(&path, "test", &[], &no_spoofs, &point);
+        assert!(matches!(
+            refused,
+            Err(DetPlotError::MissingClass { live: 40, spoof: 0 })
+        ));
     }
 }
