@@ -1,5 +1,9 @@
 //! End-to-end accuracy on the labelled development set in `../shared/data/faces-dev`.
 //!
+//! A regression guard, not evidence of accuracy: faces-dev took part in fitting
+//! `models/calibration.json` and holds CelebA-Spoof photos from the 128x128 network's training set
+//! (the README reports faces-calib separately; `calibration.rs` re-runs the fit).
+//!
 //! Bar from the issue: at threshold 0.5, ACER <= 12% and AUC >= 0.93 (the onnxruntime reference
 //! pipeline with RetinaFace boxes gets ACER 10.4%, AUC 0.940 — ../shared/reference/boxmap_dev.csv);
 //! quality gate: >= 80% of gate images get their expected code, <= 5% of live images are gated.
