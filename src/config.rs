@@ -59,10 +59,13 @@ pub struct GateConfig {
     /// Minimum RetinaFace score for a face to count (`LIVENESS_FACE_MIN_SCORE`).
     pub face_min_score: f32,
     /// A second face counts when its height is at least this fraction of the main face's
-    /// (`LIVENESS_SECOND_FACE_MIN_RATIO`); smaller background faces are ignored.
+    /// (`LIVENESS_SECOND_FACE_MIN_RATIO`); smaller background faces are ignored...
     pub second_face_min_ratio: f32,
-    /// FACE_CROPPED when the gap to the left or right border is below this fraction of the face
-    /// width: the cheek is cut (`LIVENESS_CROPPED_SIDE_FRACTION`).
+    /// ...and when its detector score reaches this (`LIVENESS_SECOND_FACE_MIN_SCORE`); faint
+    /// detections (blurred passers-by, posters) are ignored.
+    pub second_face_min_score: f32,
+    /// FACE_CROPPED when the face box passes the left or right border by more than this fraction
+    /// of the face width: the cheek is cut (`LIVENESS_CROPPED_SIDE_FRACTION`).
     pub cropped_side_fraction: f32,
     /// FACE_CROPPED when the box overshoots the top or bottom border by more than this fraction
     /// of the face height (`LIVENESS_CROPPED_VERTICAL_FRACTION`).
@@ -72,9 +75,7 @@ pub struct GateConfig {
     pub border_min_px: f32,
     /// ...or below this fraction of the face width (`LIVENESS_BORDER_MIN_FRACTION`).
     pub border_min_fraction: f32,
-    /// FACE_TOO_SMALL when the distance between the eyes is below this (`LIVENESS_MIN_EYE_DISTANCE_PX`)...
-    pub min_eye_distance_px: f32,
-    /// ...or the face box is shorter than this (`LIVENESS_MIN_FACE_PX`)...
+    /// FACE_TOO_SMALL when the face box is shorter than this (`LIVENESS_MIN_FACE_PX`)...
     pub min_face_px: f32,
     /// ...or the face is shorter than this fraction of the image height (`LIVENESS_MIN_FACE_FRACTION`).
     pub min_face_fraction: f32,
@@ -84,9 +85,14 @@ pub struct GateConfig {
     /// ...or the anti-spoof context crop cannot reach this scale of the face box
     /// (`LIVENESS_MIN_CROP_SCALE`; upstream asks for 2.7 and 4.0 and settles for less).
     pub min_crop_scale: f32,
-    /// FaceMesh face-presence probability below which a detection is treated as a false face
-    /// (FACE_NOT_FOUND) (`LIVENESS_MIN_FACE_PRESENCE`).
+    /// FaceMesh face-presence probability below which a detection is not taken as a whole,
+    /// frontal enough face (`LIVENESS_MIN_FACE_PRESENCE`): it is then a masked face, a profile or
+    /// a false detection (FACE_NOT_FOUND).
     pub min_face_presence: f32,
+    /// A detection FaceMesh rejects is a profile (FACE_ANGLE_TOO_LARGE) when RetinaFace's nose
+    /// landmark lies this many half eye distances or more from the eyes' midpoint, i.e. past the
+    /// outer eye (`LIVENESS_PROFILE_NOSE_OFFSET`).
+    pub profile_nose_offset: f32,
     /// FACE_ANGLE_TOO_LARGE when |yaw| exceeds this, degrees (`LIVENESS_MAX_YAW_DEG`)...
     pub max_yaw_deg: f32,
     /// ...or |pitch - pitch_zero| exceeds this, degrees (`LIVENESS_MAX_PITCH_DEG`).
@@ -109,16 +115,17 @@ impl Default for GateConfig {
         Self {
             face_min_score: 0.5,
             second_face_min_ratio: 0.5,
-            cropped_side_fraction: 0.05,
+            second_face_min_score: 0.8,
+            cropped_side_fraction: 0.0,
             cropped_vertical_fraction: 0.10,
             border_min_px: 15.0,
-            border_min_fraction: 0.25,
-            min_eye_distance_px: 25.0,
+            border_min_fraction: 0.175,
             min_face_px: 60.0,
             min_face_fraction: 0.20,
             max_face_area_fraction: 0.40,
             min_crop_scale: 1.10,
             min_face_presence: 0.5,
+            profile_nose_offset: 1.0,
             max_yaw_deg: 30.0,
             max_pitch_deg: 30.0,
             pitch_zero_deg: 0.0,
@@ -194,6 +201,10 @@ impl PipelineConfig {
                     "LIVENESS_SECOND_FACE_MIN_RATIO",
                     d.gate.second_face_min_ratio,
                 )?,
+                second_face_min_score: env_or(
+                    "LIVENESS_SECOND_FACE_MIN_SCORE",
+                    d.gate.second_face_min_score,
+                )?,
                 cropped_side_fraction: env_or(
                     "LIVENESS_CROPPED_SIDE_FRACTION",
                     d.gate.cropped_side_fraction,
@@ -207,10 +218,6 @@ impl PipelineConfig {
                     "LIVENESS_BORDER_MIN_FRACTION",
                     d.gate.border_min_fraction,
                 )?,
-                min_eye_distance_px: env_or(
-                    "LIVENESS_MIN_EYE_DISTANCE_PX",
-                    d.gate.min_eye_distance_px,
-                )?,
                 min_face_px: env_or("LIVENESS_MIN_FACE_PX", d.gate.min_face_px)?,
                 min_face_fraction: env_or("LIVENESS_MIN_FACE_FRACTION", d.gate.min_face_fraction)?,
                 max_face_area_fraction: env_or(
@@ -219,6 +226,10 @@ impl PipelineConfig {
                 )?,
                 min_crop_scale: env_or("LIVENESS_MIN_CROP_SCALE", d.gate.min_crop_scale)?,
                 min_face_presence: env_or("LIVENESS_MIN_FACE_PRESENCE", d.gate.min_face_presence)?,
+                profile_nose_offset: env_or(
+                    "LIVENESS_PROFILE_NOSE_OFFSET",
+                    d.gate.profile_nose_offset,
+                )?,
                 max_yaw_deg: env_or("LIVENESS_MAX_YAW_DEG", d.gate.max_yaw_deg)?,
                 max_pitch_deg: env_or("LIVENESS_MAX_PITCH_DEG", d.gate.max_pitch_deg)?,
                 pitch_zero_deg: env_or("LIVENESS_PITCH_ZERO_DEG", d.gate.pitch_zero_deg)?,

@@ -1,13 +1,21 @@
 //! The quality gate: decides from the detections whether a photo can be scored.
 //!
-//! Checks run in a fixed order and the first failure wins: FACE_NOT_FOUND, TOO_MANY_FACES
-//! ([`select_face`]), then FACE_TOO_CLOSE, FACE_CROPPED, FACE_CLOSE_TO_BORDER, FACE_TOO_SMALL
-//! ([`check_geometry`]). FACE_TOO_CLOSE comes first among the geometric checks because a face
-//! filling the frame also nears or crosses its borders, and "move back" is the advice that fixes
-//! all three.
+//! When several codes apply, the photo gets the first in this order (`Pipeline::run_gate`):
+//! 1. whether there is exactly one whole face big enough to judge: FACE_NOT_FOUND,
+//!    TOO_MANY_FACES ([`select_face`]), FACE_CROPPED ([`check_cropped`]), FACE_TOO_SMALL
+//!    ([`check_size`]);
+//! 2. what is wrong with the face itself: FACE_IS_OCCLUDED (mask classifier), then
+//!    FACE_ANGLE_TOO_LARGE (FaceMesh pose);
+//! 3. how a good face is framed: FACE_TOO_CLOSE, FACE_CLOSE_TO_BORDER ([`check_framing`]).
+//!
+//! The principle: report first what the other checks cannot see past. The appearance checks need
+//! a whole face of some size; a mask must come off and a head must turn whatever the framing,
+//! and both distort the face box the framing checks measure (a mask enlarges RetinaFace's box, a
+//! profile narrows it), so they come before the framing codes. A mask comes before the pose
+//! because FaceMesh invents the covered half of the face, which makes its pose unreliable.
 //!
 //! RetinaFace boxes run from the brow line to the chin and between the cheeks, so the checks are
-//! asymmetric: a box touching the left/right border means the cheek is cut, while a box touching
+//! asymmetric: a box crossing the left/right border means the cheek is cut, while a box touching
 //! the top/bottom border still shows a whole face (webcam close-ups often end at the chin).
 
 use crate::config::GateConfig;
@@ -61,28 +69,29 @@ impl Rejection {
 
 /// Picks the face to score from `faces` (best score first), or rejects the photo.
 ///
-/// A face counts when its score reaches `face_min_score`. More than one counting face is
-/// `TOO_MANY_FACES` only when another face is at least `second_face_min_ratio` of the main
-/// face's height: people in the background do not make a selfie unusable.
+/// A face counts when its score reaches `face_min_score`; the largest counting face is the
+/// subject. Another face makes the photo `TOO_MANY_FACES` only when it is at least
+/// `second_face_min_ratio` of the subject's height (people far behind do not make a selfie
+/// unusable) and clearly a face, scoring at least `second_face_min_score` (blurred passers-by
+/// and posters score lower).
 pub fn select_face<'a>(
     faces: &'a [Detection],
     config: &GateConfig,
 ) -> Result<&'a Detection, Rejection> {
-    let mut counting = faces.iter().filter(|f| f.score >= config.face_min_score);
-    let Some(main) = counting.next() else {
-        return Err(Rejection::new(
-            GateCode::FaceNotFound,
-            "no face above the detector threshold",
-        ));
-    };
-    // The largest face is the subject; the best-scored one is not always it.
-    let main = std::iter::once(main)
-        .chain(counting.clone())
+    let main = faces
+        .iter()
+        .filter(|f| f.score >= config.face_min_score)
         .max_by(|a, b| a.height().total_cmp(&b.height()))
-        .unwrap_or(main);
+        .ok_or_else(|| {
+            Rejection::new(
+                GateCode::FaceNotFound,
+                "no face above the detector threshold",
+            )
+        })?;
     let others = faces
         .iter()
-        .filter(|f| f.score >= config.face_min_score && !std::ptr::eq(*f, main))
+        .filter(|f| !std::ptr::eq(*f, main))
+        .filter(|f| f.score >= config.face_min_score.max(config.second_face_min_score))
         .filter(|f| f.height() >= config.second_face_min_ratio * main.height())
         .count();
     if others > 0 {
@@ -98,8 +107,10 @@ pub fn select_face<'a>(
     Ok(main)
 }
 
-/// Geometric checks on the selected face in a `width x height` photo.
-pub fn check_geometry(
+/// FACE_CROPPED: the frame cuts the face — a landmark outside the image, the box past the left or
+/// right border by more than `cropped_side_fraction` of its width, or past the top or bottom by
+/// more than `cropped_vertical_fraction` of its height.
+pub fn check_cropped(
     face: &Detection,
     width: u32,
     height: u32,
@@ -107,10 +118,69 @@ pub fn check_geometry(
 ) -> Result<(), Rejection> {
     let (img_w, img_h) = (width as f32, height as f32);
     let [x1, y1, x2, y2] = face.bbox;
-    let (w, h) = (face.width(), face.height());
-    let side_gap = x1.min(img_w - x2);
+    let outside = face
+        .landmarks
+        .iter()
+        .any(|&[x, y]| x < 0.0 || y < 0.0 || x >= img_w || y >= img_h);
+    if outside {
+        return Err(Rejection::new(
+            GateCode::FaceCropped,
+            "a facial landmark lies outside the image",
+        ));
+    }
+    let side_overshoot = (-x1).max(x2 - img_w);
+    if side_overshoot > config.cropped_side_fraction * face.width() {
+        return Err(Rejection::new(
+            GateCode::FaceCropped,
+            format!("the face extends {side_overshoot:.0} px beyond the side border"),
+        ));
+    }
     let vertical_overshoot = (-y1).max(y2 - img_h);
+    if vertical_overshoot > config.cropped_vertical_fraction * face.height() {
+        return Err(Rejection::new(
+            GateCode::FaceCropped,
+            format!("the face extends {vertical_overshoot:.0} px beyond the top or bottom border"),
+        ));
+    }
+    Ok(())
+}
 
+/// FACE_TOO_SMALL: the face box is shorter than `min_face_px` or than `min_face_fraction` of the
+/// image height. (Box height, not eye distance: a turned head brings the eyes together while
+/// the face stays as large.)
+pub fn check_size(face: &Detection, height: u32, config: &GateConfig) -> Result<(), Rejection> {
+    let h = face.height();
+    if h < config.min_face_px {
+        return Err(Rejection::new(
+            GateCode::FaceTooSmall,
+            format!("face height {h:.0} px"),
+        ));
+    }
+    if h < config.min_face_fraction * height as f32 {
+        return Err(Rejection::new(
+            GateCode::FaceTooSmall,
+            format!(
+                "face height {:.0}% of the image height",
+                100.0 * h / height as f32
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// FACE_TOO_CLOSE (the face box covers more than `max_face_area_fraction` of the image, or the
+/// anti-spoof context crop cannot reach `min_crop_scale` x the face), then FACE_CLOSE_TO_BORDER
+/// (the gap to the left or right border is below `max(border_min_px, border_min_fraction x face
+/// width)`). Too close comes first: a face filling the frame also nears its borders, and "move
+/// back" fixes both.
+pub fn check_framing(
+    face: &Detection,
+    width: u32,
+    height: u32,
+    config: &GateConfig,
+) -> Result<(), Rejection> {
+    let (img_w, img_h) = (width as f32, height as f32);
+    let (w, h) = (face.width(), face.height());
     let area_fraction = (w * h) / (img_w * img_h);
     if area_fraction > config.max_face_area_fraction {
         return Err(Rejection::new(
@@ -125,57 +195,32 @@ pub fn check_geometry(
             format!("context crop reaches only {crop_scale:.2}x the face"),
         ));
     }
-    let outside = face
-        .landmarks
-        .iter()
-        .any(|&[x, y]| x < 0.0 || y < 0.0 || x >= img_w || y >= img_h);
-    if outside {
-        return Err(Rejection::new(
-            GateCode::FaceCropped,
-            "a facial landmark lies outside the image",
-        ));
-    }
-    if side_gap < config.cropped_side_fraction * w {
-        return Err(Rejection::new(
-            GateCode::FaceCropped,
-            format!("the face touches the side border (gap {side_gap:.0} px)"),
-        ));
-    }
-    if vertical_overshoot > config.cropped_vertical_fraction * h {
-        return Err(Rejection::new(
-            GateCode::FaceCropped,
-            format!("the face extends {vertical_overshoot:.0} px beyond the top or bottom border"),
-        ));
-    }
+    let side_gap = face.bbox[0].min(img_w - face.bbox[2]);
     if side_gap < config.border_min_px.max(config.border_min_fraction * w) {
         return Err(Rejection::new(
             GateCode::FaceCloseToBorder,
             format!("gap to the side border {side_gap:.0} px"),
         ));
     }
-
-    let [left_eye, right_eye] = [face.landmarks[0], face.landmarks[1]];
-    let eye_distance = (left_eye[0] - right_eye[0]).hypot(left_eye[1] - right_eye[1]);
-    if eye_distance < config.min_eye_distance_px {
-        return Err(Rejection::new(
-            GateCode::FaceTooSmall,
-            format!("eye distance {eye_distance:.0} px"),
-        ));
-    }
-    if h < config.min_face_px {
-        return Err(Rejection::new(
-            GateCode::FaceTooSmall,
-            format!("face height {h:.0} px"),
-        ));
-    }
-    if h < config.min_face_fraction * img_h {
-        return Err(Rejection::new(
-            GateCode::FaceTooSmall,
-            format!("face height {:.0}% of the image height", 100.0 * h / img_h),
-        ));
-    }
-
     Ok(())
+}
+
+/// How far the nose tip lies from the midpoint of the eyes, along the eye line, in half eye
+/// distances (RetinaFace's 5 landmarks): about 0 for a frontal face, beyond 1 when the nose
+/// passes the outer eye, which only a head turned far to the side shows.
+pub fn nose_offset(face: &Detection) -> f32 {
+    let [left_eye, right_eye, nose] = [face.landmarks[0], face.landmarks[1], face.landmarks[2]];
+    let (ex, ey) = (right_eye[0] - left_eye[0], right_eye[1] - left_eye[1]);
+    let half = 0.5 * ex.hypot(ey);
+    if half <= f32::EPSILON {
+        return f32::INFINITY;
+    }
+    let mid = [
+        0.5 * (left_eye[0] + right_eye[0]),
+        0.5 * (left_eye[1] + right_eye[1]),
+    ];
+    // Projection of (nose - mid) on the unit eye direction.
+    ((nose[0] - mid[0]) * ex + (nose[1] - mid[1]) * ey).abs() / (2.0 * half * half)
 }
 
 #[cfg(test)]
@@ -232,30 +277,42 @@ mod tests {
     #[test]
     fn geometry_codes_follow_their_definitions() {
         let config = GateConfig::default();
-        let check = |d: &Detection, w, h| check_geometry(d, w, h, &config).err().map(|r| r.code);
-        assert_eq!(check(&centred(300.0), 1000, 800), None);
+        let code = |r: Result<(), Rejection>| r.err().map(|r| r.code);
+        let all = |d: &Detection, w, h| {
+            code(check_cropped(d, w, h, &config))
+                .or(code(check_size(d, h, &config)))
+                .or(code(check_framing(d, w, h, &config)))
+        };
+        assert_eq!(all(&centred(300.0), 1000, 800), None);
         // Shifted so the box's left edge is at x = 20 (gap 20 px < 25% of 300 px).
         assert_eq!(
-            check(&shifted(centred(300.0), -330.0), 1000, 800),
+            all(&shifted(centred(300.0), -330.0), 1000, 800),
             Some(GateCode::FaceCloseToBorder)
         );
-        // Left edge at x = 5: the cheek is cut.
+        // Left edge at x = -5: the cheek is cut.
         assert_eq!(
-            check(&shifted(centred(300.0), -345.0), 1000, 800),
+            all(&shifted(centred(300.0), -355.0), 1000, 800),
             Some(GateCode::FaceCropped)
         );
         assert_eq!(
-            check(&centred(100.0), 1000, 800),
+            all(&centred(100.0), 1000, 800),
             Some(GateCode::FaceTooSmall)
         );
+        assert_eq!(all(&centred(50.0), 1000, 800), Some(GateCode::FaceTooSmall));
         assert_eq!(
-            check(&centred(50.0), 1000, 800),
-            Some(GateCode::FaceTooSmall)
-        );
-        assert_eq!(
-            check(&centred(580.0), 1000, 800),
+            all(&centred(580.0), 1000, 800),
             Some(GateCode::FaceTooClose)
         );
+    }
+
+    #[test]
+    fn nose_offset_tells_profiles_from_frontal_faces() {
+        let frontal = centred(300.0);
+        assert!(nose_offset(&frontal) < 0.01);
+        // Nose moved past the right eye (eyes at +-100 px): offset 1.5 half eye distances.
+        let mut profile = centred(300.0);
+        profile.landmarks[2][0] += 150.0;
+        assert!((nose_offset(&profile) - 1.5).abs() < 1e-4);
     }
 
     #[test]
@@ -268,6 +325,9 @@ mod tests {
             select_face(&peers, &config).unwrap_err().code,
             GateCode::TooManyFaces
         );
+        // A faint detection of peer size (a blurred passer-by) does not count.
+        let faint = [face(0.99, 0.0, 100.0), face(0.7, 300.0, 80.0)];
+        assert_eq!(select_face(&faint, &config).unwrap().bbox[0], 0.0);
         // The subject is the largest face even when a smaller one scores higher.
         let small_first = [face(0.999, 300.0, 30.0), face(0.98, 0.0, 100.0)];
         assert_eq!(select_face(&small_first, &config).unwrap().bbox[0], 0.0);

@@ -7,7 +7,7 @@ use image::RgbImage;
 use crate::antispoof::AntiSpoofModel;
 use crate::config::PipelineConfig;
 use crate::detector::FaceDetector;
-use crate::gate::{check_geometry, select_face, Rejection};
+use crate::gate::{check_cropped, check_framing, check_size, nose_offset, select_face, Rejection};
 use crate::image_io::{decode_rgb, DecodeError};
 use crate::models::face_pose::CanonicalFace;
 use crate::models::facemesh::{mesh_input, FaceMesh, MeshOutput};
@@ -274,7 +274,9 @@ impl Pipeline {
         faces: &'a [Detection],
         diagnostics: &mut Diagnostics,
     ) -> Result<Result<&'a Detection, Rejection>, PipelineError> {
-        let face = match select_face(faces, &self.config.gate) {
+        let gate = &self.config.gate;
+        let (width, height) = image.dimensions();
+        let face = match select_face(faces, gate) {
             Ok(face) => face,
             Err(not_found) if not_found.code == GateCode::FaceNotFound => {
                 return Ok(Err(self.not_found_or_masked(
@@ -287,14 +289,26 @@ impl Pipeline {
             Err(rejection) => return Ok(Err(rejection)),
         };
         diagnostics.selected = Some(face.into());
-        if let Err(rejection) =
-            check_geometry(face, image.width(), image.height(), &self.config.gate)
-        {
+        if let Err(rejection) = check_cropped(face, width, height, gate) {
             return Ok(Err(rejection));
         }
-        Ok(self
-            .check_appearance(image, face, diagnostics)?
-            .map(|()| face))
+        let (presence, mesh) = self.face_presence(image, face)?;
+        diagnostics.face_presence = Some(presence);
+        if presence < gate.min_face_presence {
+            return Ok(Err(self.rejected_by_face_mesh(
+                image,
+                face,
+                presence,
+                diagnostics,
+            )?));
+        }
+        if let Err(rejection) = check_size(face, height, gate) {
+            return Ok(Err(rejection));
+        }
+        if let Err(rejection) = self.check_appearance(image, face, &mesh, diagnostics)? {
+            return Ok(Err(rejection));
+        }
+        Ok(check_framing(face, width, height, gate).map(|()| face))
     }
 
     /// FACE_NOT_FOUND, unless the best low-score candidate is clearly a masked face
@@ -308,7 +322,7 @@ impl Pipeline {
     ) -> Result<Rejection, PipelineError> {
         let gate = &self.config.gate;
         let Some(candidate) = faces.iter().find(|f| f.score >= gate.masked_face_min_score) else {
-            return Ok(not_found);
+            return self.not_found_or_cut(image, not_found);
         };
         // A face under the mask must still be there: FaceMesh must see one.
         let presence = self.face_presence(image, candidate)?.0;
@@ -324,7 +338,94 @@ impl Pipeline {
                 detail: format!("low-score face with P(mask) {p_mask:.2}"),
             });
         }
+        self.not_found_or_cut(image, not_found)
+    }
+
+    /// FACE_NOT_FOUND, unless the detector finds a face once the frame is extended by mirroring
+    /// a quarter of each side outward, and that face crosses the original frame: half a face at
+    /// the edge is too little for RetinaFace, its mirror image completes it, and it is
+    /// FACE_CROPPED, not absent.
+    fn not_found_or_cut(
+        &self,
+        image: &RgbImage,
+        not_found: Rejection,
+    ) -> Result<Rejection, PipelineError> {
+        let gate = &self.config.gate;
+        let (w, h) = image.dimensions();
+        let (pad_x, pad_y) = (w / 4, h / 4);
+        let mirror = |i: u32, pad: u32, len: u32| {
+            let i = i as i64 - pad as i64;
+            let folded = if i < 0 {
+                -i - 1
+            } else if i >= len as i64 {
+                2 * len as i64 - 1 - i
+            } else {
+                i
+            };
+            folded.clamp(0, len as i64 - 1) as u32
+        };
+        let padded = RgbImage::from_fn(w + 2 * pad_x, h + 2 * pad_y, |x, y| {
+            *image.get_pixel(mirror(x, pad_x, w), mirror(y, pad_y, h))
+        });
+        let long_side = self.config.detector_long_side * 3 / 2;
+        let faces = self
+            .detector
+            .detect(&padded, long_side, gate.face_min_score)?;
+        let shift = |mut f: Detection| {
+            f.bbox = [
+                f.bbox[0] - pad_x as f32,
+                f.bbox[1] - pad_y as f32,
+                f.bbox[2] - pad_x as f32,
+                f.bbox[3] - pad_y as f32,
+            ];
+            f.landmarks
+                .iter_mut()
+                .for_each(|p| *p = [p[0] - pad_x as f32, p[1] - pad_y as f32]);
+            f
+        };
+        for face in faces.into_iter().map(shift) {
+            if let Err(cut) = check_cropped(&face, w, h, gate) {
+                return Ok(Rejection {
+                    code: GateCode::FaceCropped,
+                    detail: format!("found only in an extended frame: {}", cut.detail),
+                });
+            }
+        }
         Ok(not_found)
+    }
+
+    /// A detection FaceMesh does not accept as a face: a masked face (FaceMesh cannot see the
+    /// lower half) when the mask classifier is sure, a profile when RetinaFace's nose landmark
+    /// lies past the eyes, else a false detection.
+    fn rejected_by_face_mesh(
+        &self,
+        image: &RgbImage,
+        face: &Detection,
+        presence: f32,
+        diagnostics: &mut Diagnostics,
+    ) -> Result<Rejection, PipelineError> {
+        let gate = &self.config.gate;
+        let p_mask = self.mask.mask_probability(image, face.bbox)?;
+        diagnostics.mask_probability = Some(p_mask);
+        if p_mask >= gate.masked_face_mask_threshold {
+            return Ok(Rejection {
+                code: GateCode::FaceIsOccluded,
+                detail: format!("FaceMesh presence {presence:.2}, P(mask) {p_mask:.2}"),
+            });
+        }
+        let offset = nose_offset(face);
+        if offset >= gate.profile_nose_offset {
+            return Ok(Rejection {
+                code: GateCode::FaceAngleTooLarge,
+                detail: format!(
+                    "profile: FaceMesh presence {presence:.2}, nose {offset:.1} half eye distances from the eyes' midpoint"
+                ),
+            });
+        }
+        Ok(Rejection {
+            code: GateCode::FaceNotFound,
+            detail: format!("FaceMesh presence {presence:.2} on the detected face"),
+        })
     }
 
     /// FaceMesh on the detected face: presence probability and landmarks.
@@ -338,22 +439,20 @@ impl Pipeline {
         Ok((1.0 / (1.0 + (-mesh.presence_logit).exp()), mesh))
     }
 
-    /// FaceMesh presence (false detections), head pose, then the medical-mask classifier.
+    /// The medical-mask classifier, then the head pose from FaceMesh's landmarks.
     fn check_appearance(
         &self,
         image: &RgbImage,
         face: &Detection,
+        mesh: &MeshOutput,
         diagnostics: &mut Diagnostics,
     ) -> Result<Result<(), Rejection>, PipelineError> {
         let gate = &self.config.gate;
         let reject = |code, detail: String| Ok(Err(Rejection { code, detail }));
-        let (presence, mesh) = self.face_presence(image, face)?;
-        diagnostics.face_presence = Some(presence);
-        if presence < gate.min_face_presence {
-            return reject(
-                GateCode::FaceNotFound,
-                format!("FaceMesh presence {presence:.2} on the detected face"),
-            );
+        let p_mask = self.mask.mask_probability(image, face.bbox)?;
+        diagnostics.mask_probability = Some(p_mask);
+        if p_mask >= gate.mask_threshold {
+            return reject(GateCode::FaceIsOccluded, format!("P(mask) {p_mask:.2}"));
         }
         let pose = self.canonical_face.fit(&mesh.landmarks)?;
         let (yaw, pitch) = (
@@ -366,11 +465,6 @@ impl Pipeline {
                 GateCode::FaceAngleTooLarge,
                 format!("yaw {yaw:.0}, pitch {pitch:.0} degrees"),
             );
-        }
-        let p_mask = self.mask.mask_probability(image, face.bbox)?;
-        diagnostics.mask_probability = Some(p_mask);
-        if p_mask >= gate.mask_threshold {
-            return reject(GateCode::FaceIsOccluded, format!("P(mask) {p_mask:.2}"));
         }
         Ok(Ok(()))
     }
