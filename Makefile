@@ -36,8 +36,9 @@ build: system-deps
 	$(CARGO) build --release --locked
 
 # Debian packages the build and the tests need, installed when missing: protoc (candle-onnx
-# compiles the ONNX protobufs), the DejaVu font (text of `liveness eval --plot`).
-SYSTEM_PACKAGES += protobuf-compiler fonts-dejavu-core
+# compiles the ONNX protobufs), the DejaVu font (text of `liveness eval --plot`), Chromium and
+# its WebDriver (the demo page's browser tests, tests/demo_page.rs).
+SYSTEM_PACKAGES += protobuf-compiler fonts-dejavu-core chromium chromium-driver
 system-deps:
 	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \

@@ -87,6 +87,12 @@ pub struct ApiConfig {
     pub max_connections: usize,
     /// Address the local server binds to (`LIVENESS_BIND_ADDR`, default 127.0.0.1).
     pub bind_addr: std::net::IpAddr,
+    /// Serve the demo page at `GET /` (`LIVENESS_DEMO_PAGE`); `None` = the deployment's default
+    /// (see [`ApiConfig::demo_page_enabled`]).
+    pub demo_page: Option<bool>,
+    /// Answer `?verbose=1` with diagnostics (`LIVENESS_DIAGNOSTICS`); `None` = the deployment's
+    /// default (see [`ApiConfig::diagnostics_enabled`]).
+    pub diagnostics: Option<bool>,
 }
 
 /// The realm sent in `WWW-Authenticate`.
@@ -120,6 +126,8 @@ impl Default for ApiConfig {
             max_concurrency: cores,
             max_connections: 64,
             bind_addr: std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+            demo_page: None,
+            diagnostics: None,
         }
     }
 }
@@ -185,17 +193,14 @@ impl ApiConfig {
         )?;
         millis("LIVENESS_URL_TIMEOUT_MS", &mut c.url.total_timeout)?;
         if let Some(v) = text("LIVENESS_URL_INPUT") {
-            c.url.enabled = match v.to_ascii_lowercase().as_str() {
-                "1" | "true" | "on" | "yes" => true,
-                "0" | "false" | "off" | "no" => false,
-                _ => {
-                    return Err(ConfigError::Invalid {
-                        name: "LIVENESS_URL_INPUT",
-                        reason: "expected true or false",
-                    })
-                }
-            };
+            c.url.enabled = parse_bool("LIVENESS_URL_INPUT", &v)?;
         }
+        c.demo_page = text("LIVENESS_DEMO_PAGE")
+            .map(|v| parse_bool("LIVENESS_DEMO_PAGE", &v))
+            .transpose()?;
+        c.diagnostics = text("LIVENESS_DIAGNOSTICS")
+            .map(|v| parse_bool("LIVENESS_DIAGNOSTICS", &v))
+            .transpose()?;
         if let Some(v) = text("LIVENESS_URL_ALLOWED_HOSTS") {
             c.url.allowed_hosts = v
                 .split(',')
@@ -237,6 +242,31 @@ impl ApiConfig {
         }
         Ok(c)
     }
+
+    /// Whether `GET /` serves the demo page: `LIVENESS_DEMO_PAGE` if set, else on for the local
+    /// server and off on Lambda.
+    pub fn demo_page_enabled(&self, deployment: Deployment) -> bool {
+        self.demo_page.unwrap_or(deployment == Deployment::Local)
+    }
+
+    /// Whether `?verbose=1` adds diagnostics to a response: `LIVENESS_DIAGNOSTICS` if set, else
+    /// on for the local server bound to a loopback address and off otherwise (Lambda, or a local
+    /// server reachable from other machines).
+    pub fn diagnostics_enabled(&self, deployment: Deployment) -> bool {
+        self.diagnostics
+            .unwrap_or(deployment == Deployment::Local && self.bind_addr.is_loopback())
+    }
+}
+
+fn parse_bool(name: &'static str, v: &str) -> Result<bool, ConfigError> {
+    match v.to_ascii_lowercase().as_str() {
+        "1" | "true" | "on" | "yes" => Ok(true),
+        "0" | "false" | "off" | "no" => Ok(false),
+        _ => Err(ConfigError::Invalid {
+            name,
+            reason: "expected true or false",
+        }),
+    }
 }
 
 fn parse_num(name: &'static str, v: &str) -> Result<u64, ConfigError> {
@@ -269,6 +299,37 @@ mod tests {
         assert_eq!(c.limits.max_image_bytes, 5 * 1024 * 1024);
         assert!(c.url.enabled && !c.url.allow_loopback_for_tests);
         assert!(c.secret_id.is_none() && c.basic_auth.is_none());
+        assert!(c.demo_page.is_none() && c.diagnostics.is_none());
+    }
+
+    #[test]
+    fn demo_page_and_diagnostics_follow_the_deployment_unless_set() {
+        let c = from(&[]).unwrap();
+        assert!(c.demo_page_enabled(Deployment::Local));
+        assert!(!c.demo_page_enabled(Deployment::Lambda));
+        assert!(c.diagnostics_enabled(Deployment::Local));
+        assert!(!c.diagnostics_enabled(Deployment::Lambda));
+        let public = from(&[("LIVENESS_BIND_ADDR", "0.0.0.0")]).unwrap();
+        assert!(public.demo_page_enabled(Deployment::Local));
+        assert!(!public.diagnostics_enabled(Deployment::Local));
+        let on = from(&[
+            ("LIVENESS_DEMO_PAGE", "true"),
+            ("LIVENESS_DIAGNOSTICS", "on"),
+        ])
+        .unwrap();
+        assert!(on.demo_page_enabled(Deployment::Lambda));
+        assert!(on.diagnostics_enabled(Deployment::Lambda));
+        let off = from(&[
+            ("LIVENESS_DEMO_PAGE", "false"),
+            ("LIVENESS_DIAGNOSTICS", "0"),
+        ])
+        .unwrap();
+        assert!(!off.demo_page_enabled(Deployment::Local));
+        assert!(!off.diagnostics_enabled(Deployment::Local));
+        let err = from(&[("LIVENESS_DIAGNOSTICS", "maybe")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("LIVENESS_DIAGNOSTICS"), "{err}");
     }
 
     #[test]

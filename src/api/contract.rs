@@ -5,6 +5,7 @@ use hyper::StatusCode;
 use serde::{Deserialize, Serialize};
 
 use crate::api::auth::AuthError;
+use crate::api::diagnostics::Diagnostics;
 use crate::api::fetch::FetchError;
 use crate::api::input::InputError;
 use crate::image_io::DecodeError;
@@ -12,6 +13,20 @@ use crate::pipeline::{Outcome, PipelineError};
 
 /// The one route of the service.
 pub const LIVENESS_PATH: &str = "/api/v1/face/liveness";
+
+/// Where the demo page is served (when enabled).
+pub const DEMO_PAGE_PATH: &str = "/";
+
+/// Whether a query string asks for diagnostics: `verbose=1` or `verbose=true`; anything else
+/// (absent, other values, other parameters) leaves the normal response.
+pub fn wants_verbose(query: Option<&str>) -> bool {
+    query.is_some_and(|q| {
+        q.split('&').any(|pair| {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            key == "verbose" && matches!(value, "1" | "true")
+        })
+    })
+}
 
 /// Longest accepted `sessionId`, in characters.
 pub const MAX_SESSION_ID_CHARS: usize = 128;
@@ -100,6 +115,9 @@ pub struct LivenessResponse {
     /// Gate or error code; present exactly when `has_error` is true.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// What the pipeline saw; only on a `200` to `?verbose=1` where the configuration allows it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub diagnostics: Option<Diagnostics>,
 }
 
 impl LivenessResponse {
@@ -110,6 +128,7 @@ impl LivenessResponse {
             score: Some(score),
             has_error: false,
             error: None,
+            diagnostics: None,
         }
     }
 
@@ -128,6 +147,7 @@ impl LivenessResponse {
             score: None,
             has_error: true,
             error: Some(code.to_owned()),
+            diagnostics: None,
         }
     }
 }
@@ -293,6 +313,22 @@ mod tests {
             let e = parse_request(bad).unwrap_err();
             assert!(e.session_id.is_none());
             assert_eq!(e.error.status(), StatusCode::BAD_REQUEST);
+        }
+    }
+
+    #[test]
+    fn verbose_is_asked_only_by_verbose_1_or_true() {
+        assert!(wants_verbose(Some("verbose=1")));
+        assert!(wants_verbose(Some("a=b&verbose=true")));
+        for q in [
+            None,
+            Some(""),
+            Some("verbose"),
+            Some("verbose=0"),
+            Some("verbose=yes"),
+            Some("xverbose=1"),
+        ] {
+            assert!(!wants_verbose(q), "{q:?}");
         }
     }
 

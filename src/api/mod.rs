@@ -3,11 +3,14 @@
 //!
 //! Layers: [`contract`] (wire types, error codes, the one error-to-status mapping), [`auth`]
 //! (Basic auth against a cached secret), [`input`] (base64 / data URL / URL), [`fetch`] (SSRF-safe
-//! URL fetch), [`router`] (one request in, one response out), [`server`] (local hyper server).
+//! URL fetch), [`router`] (one request in, one response out), [`server`] (local hyper server),
+//! [`demo`] (the demo page at `GET /`), [`diagnostics`] (the body of `?verbose=1`).
 
 pub mod auth;
 pub mod config;
 pub mod contract;
+pub mod demo;
+pub mod diagnostics;
 pub mod fetch;
 pub mod input;
 pub mod router;

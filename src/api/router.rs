@@ -2,6 +2,11 @@
 //!
 //! Order of checks: path (404), method (405), `Authorization` (401/503, before the body is read),
 //! body size and arrival (413/408), JSON fields (400), image input (400/413/422), pipeline.
+//!
+//! `GET /` serves the demo page ([`DemoPage`]) where it is enabled, without credentials (the page
+//! holds none; its requests to the API carry the ones the user types). `?verbose=1` on the
+//! liveness path adds [`Diagnostics`] to a `200` where the configuration allows it; otherwise the
+//! parameter is ignored and the response is the normal one.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -14,7 +19,9 @@ use tokio::sync::Semaphore;
 
 use crate::api::auth::{Authenticator, SecretSource, SecretsManagerSource, StaticSource};
 use crate::api::config::{ApiConfig, Deployment, Limits, REALM};
-use crate::api::contract::{self, ApiError, LivenessResponse, LIVENESS_PATH};
+use crate::api::contract::{self, ApiError, LivenessResponse, DEMO_PAGE_PATH, LIVENESS_PATH};
+use crate::api::demo::DemoPage;
+use crate::api::diagnostics::Diagnostics;
 use crate::api::fetch::Fetcher;
 use crate::api::input::{self, ImageInput};
 use crate::api::StartError;
@@ -34,17 +41,31 @@ pub struct App {
     url_enabled: bool,
     pipeline_slots: Semaphore,
     dev_credentials: bool,
+    /// The page served at `GET /`, if enabled.
+    demo_page: Option<DemoPage>,
+    /// Whether `?verbose=1` is answered with diagnostics.
+    diagnostics: bool,
 }
 
 /// What one request came to, for the response and the log line.
 struct Handled {
     session_id: Option<String>,
     result: Result<Assessment, ApiError>,
+    /// The request asked for diagnostics (`?verbose=1`).
+    verbose: bool,
 }
 
 impl App {
-    /// Builds the state with an explicit secret source (tests swap the source here).
+    /// Builds the state with an explicit secret source (tests swap the source here). The demo
+    /// page and diagnostics are on only where `config` sets them explicitly; [`App::build`]
+    /// applies the deployment's defaults.
     pub fn new(pipeline: Arc<Pipeline>, config: &ApiConfig, source: Arc<dyn SecretSource>) -> Self {
+        let threshold = pipeline.config().score_threshold;
+        let diagnostics = config.diagnostics.unwrap_or(false);
+        let demo_page = config
+            .demo_page
+            .unwrap_or(false)
+            .then(|| DemoPage::new(threshold, diagnostics));
         Self {
             pipeline,
             auth: Authenticator::new(source, config.secret_cache.clone()),
@@ -53,6 +74,8 @@ impl App {
             url_enabled: config.url.enabled,
             pipeline_slots: Semaphore::new(config.max_concurrency.max(1)),
             dev_credentials: false,
+            demo_page,
+            diagnostics,
         }
     }
 
@@ -87,8 +110,19 @@ impl App {
                 Arc::new(StaticSource::new(DEV_USER, DEV_PASSWORD))
             }
         };
-        let mut app = Self::new(pipeline, config, source);
+        let config = ApiConfig {
+            demo_page: Some(config.demo_page_enabled(deployment)),
+            diagnostics: Some(config.diagnostics_enabled(deployment)),
+            ..config.clone()
+        };
+        let mut app = Self::new(pipeline, &config, source);
         app.dev_credentials = dev_credentials;
+        if app.diagnostics {
+            tracing::info!(
+                "diagnostics on: POST {LIVENESS_PATH}?verbose=1 answers with face boxes, crops, \
+                 per-model probabilities and timings (LIVENESS_DIAGNOSTICS=false turns this off)"
+            );
+        }
         if let Err(e) = app.auth.prime().await {
             tracing::warn!(error = %e, "credentials not loaded at start-up; requests get 503 until they are");
         }
@@ -100,12 +134,27 @@ impl App {
         self.dev_credentials
     }
 
+    /// Whether `GET /` serves the demo page.
+    pub fn serves_demo_page(&self) -> bool {
+        self.demo_page.is_some()
+    }
+
+    /// Whether `?verbose=1` is answered with diagnostics.
+    pub fn gives_diagnostics(&self) -> bool {
+        self.diagnostics
+    }
+
     /// Handles one HTTP request. Never panics; every failure becomes a JSON error response.
     pub async fn handle<B>(&self, req: Request<B>) -> Response<String>
     where
         B: Body<Data = Bytes>,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
+        if let Some(page) = &self.demo_page {
+            if req.uri().path() == DEMO_PAGE_PATH {
+                return page.respond(req.method());
+            }
+        }
         let started = Instant::now();
         let handled = self.process(req).await;
         let latency_ms = started.elapsed().as_secs_f64() * 1e3;
@@ -119,8 +168,11 @@ impl App {
                     Outcome::Scored { .. } => "fail",
                     Outcome::Rejected(gate) => gate.code(),
                 };
-                let body =
+                let mut body =
                     LivenessResponse::for_outcome(handled.session_id.clone(), &assessment.outcome);
+                if handled.verbose && self.diagnostics {
+                    body.diagnostics = Some(Diagnostics::from_assessment(assessment, threshold));
+                }
                 log_stages(session_id, outcome, latency_ms, t);
                 (StatusCode::OK, body)
             }
@@ -178,7 +230,11 @@ impl App {
         use lambda_http::RequestExt;
         let raw_path = request.raw_http_path().to_owned();
         if !raw_path.is_empty() {
-            if let Ok(uri) = raw_path.parse::<hyper::Uri>() {
+            let path_and_query = match request.uri().query() {
+                Some(query) => format!("{raw_path}?{query}"),
+                None => raw_path,
+            };
+            if let Ok(uri) = path_and_query.parse::<hyper::Uri>() {
                 *request.uri_mut() = uri;
             }
         }
@@ -190,9 +246,11 @@ impl App {
         B: Body<Data = Bytes>,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
+        let verbose = contract::wants_verbose(req.uri().query());
         let no_session = |e: ApiError| Handled {
             session_id: None,
             result: Err(e),
+            verbose,
         };
         if req.uri().path() != LIVENESS_PATH {
             return no_session(ApiError::NotFound);
@@ -217,6 +275,7 @@ impl App {
                 return Handled {
                     session_id: e.session_id,
                     result: Err(e.error),
+                    verbose,
                 }
             }
         };
@@ -225,6 +284,7 @@ impl App {
         Handled {
             session_id: Some(request.session_id),
             result,
+            verbose,
         }
     }
 

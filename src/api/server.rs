@@ -31,8 +31,14 @@ pub async fn serve(
     if app.uses_development_credentials() && !addr.ip().is_loopback() {
         return Err(StartError::DevCredentialsOnPublicAddress(addr));
     }
-    let server = Server::bind(app, addr, config.max_connections).await?;
+    let server = Server::bind(app.clone(), addr, config.max_connections).await?;
     tracing::info!(addr = %server.local_addr(), "liveness API listening: POST http://{}/api/v1/face/liveness", server.local_addr());
+    if app.serves_demo_page() {
+        tracing::info!(
+            "demo page: http://{}/ (LIVENESS_DEMO_PAGE=false turns it off)",
+            server.local_addr()
+        );
+    }
     server.run(std::future::pending()).await;
     Ok(())
 }
