@@ -269,6 +269,36 @@ impl Browser {
         self.client.as_ref().unwrap()
     }
 
+    /// Types the test credentials into the page.
+    async fn sign_in(&self) {
+        for (id, text) in [("user", USER), ("password", PASS)] {
+            let field = self.client().find(Locator::Id(id)).await.unwrap();
+            field.send_keys(text).await.unwrap();
+        }
+    }
+
+    /// Starts the fake camera, waits until it runs, and captures one frame for a check.
+    async fn capture_from_camera(&self) {
+        let c = self.client();
+        c.find(Locator::Id("camera-start"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        self.wait_for(
+            "the camera",
+            "return !document.getElementById('capture').disabled",
+        )
+        .await;
+        c.find(Locator::Id("capture"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+    }
+
     async fn open(&self, url: &str) {
         self.client().goto(url).await.unwrap();
         self.wait_for(
@@ -496,37 +526,8 @@ async fn camera_spoof_photo_shows_attack() {
     let server = Serve::start("camera-spoof", &[]);
     let browser = Browser::launch("camera-spoof", Some(&video), 1280, 1000).await;
     browser.open(&server.url()).await;
-    let c = browser.client();
-    c.find(Locator::Id("user"))
-        .await
-        .unwrap()
-        .send_keys(USER)
-        .await
-        .unwrap();
-    c.find(Locator::Id("password"))
-        .await
-        .unwrap()
-        .send_keys(PASS)
-        .await
-        .unwrap();
-    c.find(Locator::Id("camera-start"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    browser
-        .wait_for(
-            "the camera",
-            "return !document.getElementById('capture').disabled",
-        )
-        .await;
-    c.find(Locator::Id("capture"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    browser.sign_in().await;
+    browser.capture_from_camera().await;
     let r = browser.result(1).await;
     browser.full_page_screenshot("result", 1280).await;
     assert_eq!(r["state"], "attack", "{r:#}");
@@ -547,37 +548,8 @@ async fn camera_no_face_shows_face_not_found_advice_at_phone_width() {
     let server = Serve::start("camera-no-face", &[]);
     let browser = Browser::launch("camera-no-face", Some(&video), 360, 800).await;
     browser.open(&server.url()).await;
-    let c = browser.client();
-    c.find(Locator::Id("user"))
-        .await
-        .unwrap()
-        .send_keys(USER)
-        .await
-        .unwrap();
-    c.find(Locator::Id("password"))
-        .await
-        .unwrap()
-        .send_keys(PASS)
-        .await
-        .unwrap();
-    c.find(Locator::Id("camera-start"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    browser
-        .wait_for(
-            "the camera",
-            "return !document.getElementById('capture').disabled",
-        )
-        .await;
-    c.find(Locator::Id("capture"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    browser.sign_in().await;
+    browser.capture_from_camera().await;
     let r = browser.result(1).await;
     // The page has brought the result into view by itself.
     browser.screenshot("result").await;
@@ -607,18 +579,7 @@ async fn file_upload_and_drop_show_live_then_attack() {
     let browser = Browser::launch("file", None, 1100, 1000).await;
     browser.open(&server.url()).await;
     let c = browser.client();
-    c.find(Locator::Id("user"))
-        .await
-        .unwrap()
-        .send_keys(USER)
-        .await
-        .unwrap();
-    c.find(Locator::Id("password"))
-        .await
-        .unwrap()
-        .send_keys(PASS)
-        .await
-        .unwrap();
+    browser.sign_in().await;
     let photo = astronaut();
     c.find(Locator::Id("file"))
         .await
