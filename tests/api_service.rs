@@ -687,28 +687,6 @@ fn case_json(c: &Case) -> Value {
     json!({"method": c.method, "path": c.path, "status": c.reply.status.as_u16(), "headers": headers, "body": c.reply.json})
 }
 
-fn run_openapi_check(cases: &[Value]) -> (bool, String) {
-    let file = std::env::temp_dir().join(format!(
-        "liveness-openapi-cases-{}-{}.json",
-        std::process::id(),
-        free_port()
-    ));
-    std::fs::write(&file, serde_json::to_vec(cases).unwrap()).unwrap();
-    let out = std::process::Command::new(repo_root().join(".venv/bin/python"))
-        .arg(repo_root().join("tests/api_openapi_check.py"))
-        .arg(repo_root().join("openapi.yaml"))
-        .arg(&file)
-        .output()
-        .expect("run the OpenAPI check with .venv/bin/python (make venv)");
-    let _ = std::fs::remove_file(&file);
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
-}
-
 #[tokio::test]
 async fn responses_match_openapi() {
     let port = image_server().await;

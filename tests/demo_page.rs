@@ -813,23 +813,6 @@ async fn deployment_defaults_page_and_diagnostics_on_locally_off_on_lambda() {
     assert!(exposed.serves_demo_page() && !exposed.gives_diagnostics());
 }
 
-fn openapi_check(cases: &[Value]) -> (bool, String) {
-    let file = out_dir().join(format!("openapi-cases-{}.json", std::process::id()));
-    std::fs::write(&file, serde_json::to_vec(cases).unwrap()).unwrap();
-    let out = Command::new(repo_root().join(".venv/bin/python"))
-        .arg(repo_root().join("tests/api_openapi_check.py"))
-        .arg(repo_root().join("openapi.yaml"))
-        .arg(&file)
-        .output()
-        .expect("run the OpenAPI check with .venv/bin/python (make venv)");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
-}
-
 /// `?verbose=1` adds diagnostics only where allowed, leaves the rest of the body as it was, and
 /// the verbose bodies match openapi.yaml; the Lambda handler passes the query string through.
 #[tokio::test]
@@ -905,12 +888,12 @@ async fn verbose_diagnostics_when_allowed_and_documented() {
             }));
         }
     }
-    let (ok, text) = openapi_check(&cases);
+    let (ok, text) = run_openapi_check(&cases);
     assert!(ok, "verbose responses do not match openapi.yaml:\n{text}");
     // A broken diagnostics object is caught by the same check (the check can fail).
     let mut broken = cases[0].clone();
     broken["body"]["diagnostics"]["antiSpoof"] = json!([{"model": "x"}]);
-    let (ok, text) = openapi_check(&[broken]);
+    let (ok, text) = run_openapi_check(&[broken]);
     assert!(!ok, "a broken diagnostics object passed:\n{text}");
 
     // Through lambda_http (API Gateway HTTP API event): the query string reaches the router.

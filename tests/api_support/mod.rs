@@ -206,3 +206,28 @@ pub async fn rotate_secret(
 pub fn loopback(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
+
+/// Validates response `cases` (`{"method", "path", "status", "headers", "body"}`) against
+/// openapi.yaml with `tests/api_openapi_check.py` in the pinned venv (`make venv`). Returns
+/// whether they all match, and the checker's output.
+pub fn run_openapi_check(cases: &[serde_json::Value]) -> (bool, String) {
+    let file = std::env::temp_dir().join(format!(
+        "liveness-openapi-cases-{}-{}.json",
+        std::process::id(),
+        free_port()
+    ));
+    std::fs::write(&file, serde_json::to_vec(cases).unwrap()).unwrap();
+    let out = std::process::Command::new(repo_root().join(".venv/bin/python"))
+        .arg(repo_root().join("tests/api_openapi_check.py"))
+        .arg(repo_root().join("openapi.yaml"))
+        .arg(&file)
+        .output()
+        .expect("run the OpenAPI check with .venv/bin/python (make venv)");
+    let _ = std::fs::remove_file(&file);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
