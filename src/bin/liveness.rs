@@ -14,7 +14,9 @@ use liveness::eval::{
     PadMetrics, Report, TargetedOperatingPoint, BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, GATE_CODES,
 };
 use liveness::pipeline::{Outcome, Pipeline};
-use liveness::scoring::{fit_calibration, Calibration, FusionWeights, ScoreModel, CALIBRATION_FILE};
+use liveness::scoring::{
+    fit_calibration, Calibration, FusionWeights, ScoreModel, CALIBRATION_FILE,
+};
 
 #[derive(Parser)]
 #[command(
@@ -76,6 +78,9 @@ enum Command {
         /// Timed iterations per configuration.
         #[arg(long, default_value_t = 50)]
         iterations: usize,
+        /// Only the per-network forward times (used by `make bench-peer` and for profiling).
+        #[arg(long)]
+        networks_only: bool,
     },
     /// Serve the HTTP API locally (same router as the Lambda); see docs/api.md.
     Serve {
@@ -111,7 +116,11 @@ fn main() -> Result<()> {
             weights,
             out,
         } => calibrate(config, &dirs, target_bpcer, weights, &out),
-        Command::Bench { image, iterations } => bench(config, &image, iterations),
+        Command::Bench {
+            image,
+            iterations,
+            networks_only,
+        } => bench(config, &image, iterations, networks_only),
         Command::Serve { port } => serve(config, port),
     }
 }
@@ -585,9 +594,17 @@ fn calibrate(
     Ok(())
 }
 
-fn bench(config: PipelineConfig, image: &Path, iterations: usize) -> Result<()> {
+fn bench(
+    config: PipelineConfig,
+    image: &Path,
+    iterations: usize,
+    networks_only: bool,
+) -> Result<()> {
     let threads = config.threads;
     let model_dir = config.model_dir.clone();
+    if networks_only {
+        return bench_networks(&model_dir, iterations);
+    }
     let source = liveness::image_io::decode_rgb(&std::fs::read(image)?, Default::default())?;
     let load_start = Instant::now();
     let pipeline = Pipeline::load(config)?;

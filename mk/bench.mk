@@ -1,0 +1,15 @@
+# `make bench-peer`: per-network forward times of our kernels beside onnxruntime (same ONNX graphs,
+# same input sizes, 1 intra-op thread), alternating in one run on this machine. onnxruntime lives
+# only in the pinned venv (tools/requirements-bench.txt, installed here on demand), never in the
+# service.
+#   BENCH_PEER_ARGS="--rounds 9 --iterations 30"   more samples
+BENCH_PEER_ARGS ?=
+
+$(VENV)/.bench-stamp: tools/requirements-bench.txt $(VENV)/.stamp
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r tools/requirements-bench.txt
+	touch $@
+
+bench-peer: $(VENV)/.bench-stamp models
+	$(CARGO) build --release --locked --bin liveness
+	$(PY) tools/bench_peer.py --liveness $(or $(CARGO_TARGET_DIR),target)/release/liveness $(BENCH_PEER_ARGS)
+.PHONY: bench-peer

@@ -1,0 +1,160 @@
+#!/usr/bin/env python3
+"""Per-network forward time of `liveness bench` beside onnxruntime on the same ONNX graphs, same
+input sizes, 1 intra-op thread, in one run on one machine (`make bench-peer`).
+
+Rounds alternate: onnxruntime times every network, then `liveness bench` (networks only, via
+`--networks-only`) does, so both see the same machine load; the table gives each
+side's median over all rounds of the per-round medians, and the ratio ours / onnxruntime.
+onnxruntime stays here, in the pinned venv (tools/requirements.txt): the service never loads it.
+
+Graphs: RetinaFace from `make models` (models/downloads), MiniFASNet V2/V1SE and the 128 model
+from ../shared, FaceMesh converted from the TFLite file with tflite2onnx, the mask classifier
+built by tools/mask_to_onnx.py; converted graphs are cached in $BENCH_PEER_DIR (target/bench-peer).
+
+    python tools/bench_peer.py [--liveness target/release/liveness] [--rounds 5] [--iterations 20]
+"""
+import argparse
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+import onnxruntime as ort
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED = os.path.join(ROOT, "..", "shared")
+
+# (name printed by `liveness bench`, onnx path or builder, input shape, low, high)
+def networks(cache):
+    return [
+        ("RetinaFace 320x240", os.path.join(ROOT, "models/downloads/retinaface_mnet025.onnx"),
+         (1, 3, 240, 320), -128.0, 128.0),
+        ("minifasnet_v2 80x80", os.path.join(SHARED, "models/minifasnet/onnx/2.7_80x80_MiniFASNetV2.onnx"),
+         (1, 3, 80, 80), 0.0, 255.0),
+        ("minifasnet_v1se 80x80",
+         os.path.join(SHARED, "models/minifasnet/onnx/4_0_0_80x80_MiniFASNetV1SE.onnx"),
+         (1, 3, 80, 80), 0.0, 255.0),
+        ("minifasnet_v2se_128 128x128",
+         os.path.join(SHARED, "models/face-antispoof-128/face_antispoof_minifasv2se_128.onnx"),
+         (1, 3, 128, 128), 0.0, 1.0),
+        ("FaceMesh 192x192", os.path.join(cache, "face_landmark_468.onnx"), (1, 3, 192, 192), 0.0, 1.0),
+        ("mask classifier 224x224", os.path.join(cache, "mask_classifier.onnx"), (1, 3, 224, 224), -1.0, 1.0),
+    ]
+
+
+def convert(cache):
+    os.makedirs(cache, exist_ok=True)
+    facemesh = os.path.join(cache, "face_landmark_468.onnx")
+    if not os.path.exists(facemesh):
+        subprocess.run([os.path.join(os.path.dirname(sys.executable), "tflite2onnx"),
+                        os.path.join(ROOT, "models/downloads/face_landmark.tflite"), facemesh + ".tmp"],
+                       check=True)
+        os.replace(facemesh + ".tmp", facemesh)
+    mask = os.path.join(cache, "mask_classifier.onnx")
+    if not os.path.exists(mask):
+        subprocess.run([sys.executable, os.path.join(ROOT, "tools/mask_to_onnx.py"),
+                        os.path.join(ROOT, "models/face_mask_detector.safetensors"), mask + ".tmp"],
+                       check=True)
+        os.replace(mask + ".tmp", mask)
+
+
+def session(path):
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+
+
+def time_ort(sess, x, iterations):
+    feed = {sess.get_inputs()[0].name: x}
+    sess.run(None, feed)
+    samples = []
+    for _ in range(iterations):
+        t = time.perf_counter()
+        sess.run(None, feed)
+        samples.append((time.perf_counter() - t) * 1e3)
+    return statistics.median(samples), min(samples)
+
+
+LINE = re.compile(r"^\s+(.+?)\s{2,}([0-9.]+) \(([0-9.]+)-([0-9.]+)\)$")
+
+
+def time_ours(binary, iterations, env):
+    out = subprocess.run([binary, "bench", "--networks-only", "--iterations", str(iterations)], cwd=ROOT, env=env,
+                         check=True, capture_output=True, text=True).stdout
+    times = {}
+    for line in out.splitlines():
+        m = LINE.match(line)
+        if m:
+            times[m.group(1).strip()] = (float(m.group(2)), float(m.group(3)))
+    return times
+
+
+def cpu_name():
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--liveness", default=os.path.join(ROOT, "target/release/liveness"))
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--iterations", type=int, default=20)
+    args = ap.parse_args()
+    cache = os.environ.get("BENCH_PEER_DIR", os.path.join(ROOT, "target/bench-peer"))
+    convert(cache)
+    nets = networks(cache)
+    rng = np.random.default_rng(0)
+    sessions = [(name, session(path), rng.uniform(lo, hi, shape).astype(np.float32))
+                for name, path, shape, lo, hi in nets]
+    env = dict(os.environ, LIVENESS_THREADS="1")
+    ours = {name: [] for name, *_ in nets}
+    theirs = {name: [] for name, *_ in nets}
+    load = [os.getloadavg()]
+    for _ in range(args.rounds):
+        for name, sess, x in sessions:
+            theirs[name].append(time_ort(sess, x, args.iterations))
+        for name, value in time_ours(args.liveness, args.iterations, env).items():
+            if name in ours:
+                ours[name].append(value)
+    load.append(os.getloadavg())
+    flags = set()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    except OSError:
+        pass
+    simd = [f for f in ("avx2", "fma", "avx512f") if f in flags]
+    print(f"CPU: {cpu_name()} ({os.cpu_count()} CPUs; {' '.join(simd)}); onnxruntime {ort.__version__}, "
+          "1 intra-op thread")
+    print(f"{args.rounds} rounds x {args.iterations} iterations; loadavg before {load[0][0]:.2f}, "
+          f"after {load[1][0]:.2f}")
+    print("| network | ours ms (min) | onnxruntime ms (min) | ratio (median) | ratio (min) |")
+    print("|---|---|---|---|---|")
+    for name, *_ in nets:
+        if not ours[name]:
+            print(f"| {name} | missing | | | |")
+            continue
+        o_med = statistics.median(v[0] for v in ours[name])
+        o_min = min(v[1] for v in ours[name])
+        t_med = statistics.median(v[0] for v in theirs[name])
+        t_min = min(v[1] for v in theirs[name])
+        print(f"| {name} | {o_med:.2f} ({o_min:.2f}) | {t_med:.2f} ({t_min:.2f}) | "
+              f"{o_med / t_med:.2f} | {o_min / t_min:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
