@@ -330,13 +330,11 @@ impl Pipeline {
         if presence < gate.min_face_presence {
             return Ok(not_found);
         }
-        let p_mask = self.mask.mask_probability(image, candidate.bbox)?;
-        diagnostics.mask_probability = Some(p_mask);
-        if p_mask >= gate.masked_face_mask_threshold {
-            return Ok(Rejection {
-                code: GateCode::FaceIsOccluded,
-                detail: format!("low-score face with P(mask) {p_mask:.2}"),
-            });
+        let threshold = gate.masked_face_mask_threshold;
+        if let Some(masked) =
+            self.masked(image, candidate, threshold, "low-score face", diagnostics)?
+        {
+            return Ok(masked);
         }
         self.not_found_or_cut(image, not_found)
     }
@@ -405,13 +403,10 @@ impl Pipeline {
         diagnostics: &mut Diagnostics,
     ) -> Result<Rejection, PipelineError> {
         let gate = &self.config.gate;
-        let p_mask = self.mask.mask_probability(image, face.bbox)?;
-        diagnostics.mask_probability = Some(p_mask);
-        if p_mask >= gate.masked_face_mask_threshold {
-            return Ok(Rejection {
-                code: GateCode::FaceIsOccluded,
-                detail: format!("FaceMesh presence {presence:.2}, P(mask) {p_mask:.2}"),
-            });
+        let context = format!("FaceMesh presence {presence:.2}");
+        let threshold = gate.masked_face_mask_threshold;
+        if let Some(masked) = self.masked(image, face, threshold, &context, diagnostics)? {
+            return Ok(masked);
         }
         let offset = nose_offset(face);
         if offset >= gate.profile_nose_offset {
@@ -439,6 +434,28 @@ impl Pipeline {
         Ok((1.0 / (1.0 + (-mesh.presence_logit).exp()), mesh))
     }
 
+    /// FACE_IS_OCCLUDED when the medical-mask classifier's P(mask) on `face` reaches
+    /// `threshold`; the detail starts with `context` when it is not empty.
+    fn masked(
+        &self,
+        image: &RgbImage,
+        face: &Detection,
+        threshold: f32,
+        context: &str,
+        diagnostics: &mut Diagnostics,
+    ) -> Result<Option<Rejection>, PipelineError> {
+        let p_mask = self.mask.mask_probability(image, face.bbox)?;
+        diagnostics.mask_probability = Some(p_mask);
+        Ok((p_mask >= threshold).then(|| Rejection {
+            code: GateCode::FaceIsOccluded,
+            detail: if context.is_empty() {
+                format!("P(mask) {p_mask:.2}")
+            } else {
+                format!("{context}, P(mask) {p_mask:.2}")
+            },
+        }))
+    }
+
     /// The medical-mask classifier, then the head pose from FaceMesh's landmarks.
     fn check_appearance(
         &self,
@@ -448,11 +465,8 @@ impl Pipeline {
         diagnostics: &mut Diagnostics,
     ) -> Result<Result<(), Rejection>, PipelineError> {
         let gate = &self.config.gate;
-        let reject = |code, detail: String| Ok(Err(Rejection { code, detail }));
-        let p_mask = self.mask.mask_probability(image, face.bbox)?;
-        diagnostics.mask_probability = Some(p_mask);
-        if p_mask >= gate.mask_threshold {
-            return reject(GateCode::FaceIsOccluded, format!("P(mask) {p_mask:.2}"));
+        if let Some(masked) = self.masked(image, face, gate.mask_threshold, "", diagnostics)? {
+            return Ok(Err(masked));
         }
         let pose = self.canonical_face.fit(&mesh.landmarks)?;
         let (yaw, pitch) = (
@@ -461,10 +475,10 @@ impl Pipeline {
         );
         diagnostics.head_pose_deg = Some([yaw, pitch, pose.roll_deg as f32]);
         if yaw.abs() > gate.max_yaw_deg || pitch.abs() > gate.max_pitch_deg {
-            return reject(
-                GateCode::FaceAngleTooLarge,
-                format!("yaw {yaw:.0}, pitch {pitch:.0} degrees"),
-            );
+            return Ok(Err(Rejection {
+                code: GateCode::FaceAngleTooLarge,
+                detail: format!("yaw {yaw:.0}, pitch {pitch:.0} degrees"),
+            }));
         }
         Ok(Ok(()))
     }
