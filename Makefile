@@ -16,7 +16,9 @@ help:
 	@echo "make test    - install tools, build models, run all tests (what CI runs)"
 	@echo "make bench   - single-thread and default-thread benchmarks"
 	@echo "make run     - serve the API on 127.0.0.1:3000 (development credentials) and print a curl example"
-	@echo "make watch / lambda-build / cfn-lint / deploy - Lambda emulator, arm64 package, template lint, SAM deploy"
+	@echo "make watch / lambda-build / cfn-lint / deploy - Lambda emulator, function zip, template lint, SAM deploy"
+	@echo "make test-arm64 - every test that matters on aarch64, under qemu (make test runs a subset)"
+	@echo "make bench-cold-start - cold start of the Lambda zip against a local Runtime API + moto"
 	@echo "make venv    - pinned Python tools (tools/requirements.txt) into .venv/"
 
 # Python tools (pinned) used by tests and converters; never imported by the service.
@@ -47,6 +49,8 @@ system-deps:
 	fi
 .PHONY: system-deps
 
+# The aarch64 checks (mk/arm64.mk) are separate: `make test-arm64` (all) and
+# `make test-arm64-ci` (the documented subset).
 test: system-deps models venv
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --release --locked --all-targets -- -D warnings
