@@ -17,7 +17,7 @@ help:
 	@echo "make bench   - single-thread and default-thread benchmarks"
 	@echo "make run     - serve the API on 127.0.0.1:3000 (development credentials) and print a curl example"
 	@echo "make watch / lambda-build / cfn-lint / deploy - Lambda emulator, function zip, template lint, SAM deploy"
-	@echo "make test-arm64 - every test that matters on aarch64, under qemu (make test runs a subset)"
+	@echo "make test-arm64 - every test that matters on aarch64, under qemu (test-arm64-ci: the documented subset)"
 	@echo "make bench-cold-start - cold start of the Lambda zip against a local Runtime API + moto"
 	@echo "make venv    - pinned Python tools (tools/requirements.txt) into .venv/"
 
