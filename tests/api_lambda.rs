@@ -172,25 +172,7 @@ async fn runtime_route(
                 .body(Full::default())
                 .unwrap();
         };
-        let deadline = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis()
-            + 120_000;
-        return Response::builder()
-            .header("lambda-runtime-aws-request-id", id)
-            .header("lambda-runtime-deadline-ms", deadline.to_string())
-            .header(
-                "lambda-runtime-invoked-function-arn",
-                "arn:aws:lambda:us-east-1:123456789012:function:liveness",
-            )
-            .header(
-                "lambda-runtime-trace-id",
-                "Root=1-6745a1b2-0123456789abcdef01234567;Sampled=0",
-            )
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(event.to_string())))
-            .unwrap();
+        return next_invocation(&id, &event, true);
     }
     let parts: Vec<&str> = path
         .trim_start_matches("/2018-06-01/runtime/invocation/")

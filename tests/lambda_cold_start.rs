@@ -221,21 +221,7 @@ async fn route(req: Request<Incoming>, state: Arc<RuntimeState>) -> Response<Ful
             }
             queued.await;
         };
-        let deadline_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis()
-            + 120_000;
-        return Response::builder()
-            .header("lambda-runtime-aws-request-id", id)
-            .header("lambda-runtime-deadline-ms", deadline_ms.to_string())
-            .header(
-                "lambda-runtime-invoked-function-arn",
-                "arn:aws:lambda:us-east-1:123456789012:function:liveness",
-            )
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(event.to_string())))
-            .unwrap();
+        return next_invocation(&id, &event, false);
     }
     let rest = path.trim_start_matches("/2018-06-01/runtime/invocation/");
     let body = req

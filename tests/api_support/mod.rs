@@ -231,3 +231,36 @@ pub fn run_openapi_check(cases: &[serde_json::Value]) -> (bool, String) {
     );
     (out.status.success(), text)
 }
+
+/// The Lambda Runtime API's answer to `GET /runtime/invocation/next`: `event` as invocation `id`,
+/// with a deadline two minutes ahead (and an X-Ray trace header when `traced`).
+pub fn next_invocation(
+    id: &str,
+    event: &serde_json::Value,
+    traced: bool,
+) -> hyper::Response<http_body_util::Full<hyper::body::Bytes>> {
+    let deadline_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+        + 120_000;
+    let mut response = hyper::Response::builder()
+        .header("lambda-runtime-aws-request-id", id)
+        .header("lambda-runtime-deadline-ms", deadline_ms.to_string())
+        .header(
+            "lambda-runtime-invoked-function-arn",
+            "arn:aws:lambda:us-east-1:123456789012:function:liveness",
+        );
+    if traced {
+        response = response.header(
+            "lambda-runtime-trace-id",
+            "Root=1-6745a1b2-0123456789abcdef01234567;Sampled=0",
+        );
+    }
+    response
+        .header("content-type", "application/json")
+        .body(http_body_util::Full::new(hyper::body::Bytes::from(
+            event.to_string(),
+        )))
+        .unwrap()
+}
