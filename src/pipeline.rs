@@ -137,6 +137,22 @@ fn ms_since(start: Instant) -> f64 {
     start.elapsed().as_secs_f64() * 1e3
 }
 
+/// The assessment of a photo the gate refused, its timing closed at `start + now`.
+fn rejected(
+    Rejection { code, detail }: Rejection,
+    mut timings: StageTimings,
+    mut diagnostics: Diagnostics,
+    start: Instant,
+) -> Assessment {
+    diagnostics.gate_detail = Some(detail);
+    timings.total_ms = ms_since(start);
+    Assessment {
+        outcome: Outcome::Rejected(code),
+        timings,
+        diagnostics,
+    }
+}
+
 impl Pipeline {
     /// Loads every network from `config.model_dir` and the scoring file (`calibration.json`
     /// there unless `config.calibration_file` names another), with `config.fusion_weights`
@@ -244,21 +260,46 @@ impl Pipeline {
         diagnostics.faces = faces.iter().map(FaceSummary::from).collect();
 
         let t = Instant::now();
-        let gate = self.run_gate(image, &faces, &mut diagnostics)?;
-        timings.gate_ms = ms_since(t);
-        let face = match gate {
+        let selected = self.select_face(image, &faces, &mut diagnostics)?;
+        let select_ms = ms_since(t);
+        let face = match selected {
             Ok(face) => face,
-            Err(Rejection { code, detail }) => {
-                diagnostics.gate_detail = Some(detail);
-                timings.total_ms = ms_since(start);
-                return Ok(Assessment {
-                    outcome: Outcome::Rejected(code),
-                    timings,
-                    diagnostics,
-                });
+            Err(rejection) => {
+                timings.gate_ms = select_ms;
+                return Ok(rejected(rejection, timings, diagnostics, start));
             }
         };
-        let score = self.score_face(image, face, &mut timings, &mut diagnostics)?;
+        let score = if self.config.threads > 1 {
+            // The rest of the gate and the anti-spoof networks both need only the selected face:
+            // run them side by side, and drop the score if the gate refuses the photo.
+            let mut scoring_diagnostics = Diagnostics::default();
+            let (appraisal, score) = rayon::join(
+                || {
+                    let t = Instant::now();
+                    let appraisal = self.appraise_face(image, face, &mut diagnostics);
+                    (appraisal, ms_since(t))
+                },
+                || self.score_face(image, face, &mut timings, &mut scoring_diagnostics),
+            );
+            let (appraisal, appraise_ms) = appraisal;
+            timings.gate_ms = select_ms + appraise_ms;
+            if let Err(rejection) = appraisal? {
+                timings.crop_ms = 0.0;
+                timings.classify_ms = 0.0;
+                return Ok(rejected(rejection, timings, diagnostics, start));
+            }
+            diagnostics.anti_spoof = scoring_diagnostics.anti_spoof;
+            diagnostics.fused = scoring_diagnostics.fused;
+            score?
+        } else {
+            let t = Instant::now();
+            let appraisal = self.appraise_face(image, face, &mut diagnostics)?;
+            timings.gate_ms = select_ms + ms_since(t);
+            if let Err(rejection) = appraisal {
+                return Ok(rejected(rejection, timings, diagnostics, start));
+            }
+            self.score_face(image, face, &mut timings, &mut diagnostics)?
+        };
         timings.total_ms = ms_since(start);
         Ok(Assessment {
             outcome: Outcome::Scored { score },
@@ -267,8 +308,9 @@ impl Pipeline {
         })
     }
 
-    /// The quality gate in its documented order (`gate.rs`); `Ok(Err(..))` is a refusal.
-    fn run_gate<'a>(
+    /// The first checks of the quality gate (`gate.rs`): which face, and is it cut by the frame.
+    /// `Ok(Err(..))` is a refusal.
+    fn select_face<'a>(
         &self,
         image: &RgbImage,
         faces: &'a [Detection],
@@ -289,9 +331,19 @@ impl Pipeline {
             Err(rejection) => return Ok(Err(rejection)),
         };
         diagnostics.selected = Some(face.into());
-        if let Err(rejection) = check_cropped(face, width, height, gate) {
-            return Ok(Err(rejection));
-        }
+        Ok(check_cropped(face, width, height, gate).map(|()| face))
+    }
+
+    /// The rest of the quality gate, in its documented order, on the selected face: FaceMesh
+    /// presence, size, mask, head pose, framing. `Ok(Err(..))` is a refusal.
+    fn appraise_face(
+        &self,
+        image: &RgbImage,
+        face: &Detection,
+        diagnostics: &mut Diagnostics,
+    ) -> Result<Result<(), Rejection>, PipelineError> {
+        let gate = &self.config.gate;
+        let (width, height) = image.dimensions();
         let (presence, mesh) = self.face_presence(image, face)?;
         diagnostics.face_presence = Some(presence);
         if presence < gate.min_face_presence {
@@ -308,7 +360,7 @@ impl Pipeline {
         if let Err(rejection) = self.check_appearance(image, face, &mesh, diagnostics)? {
             return Ok(Err(rejection));
         }
-        Ok(check_framing(face, width, height, gate).map(|()| face))
+        Ok(check_framing(face, width, height, gate))
     }
 
     /// FACE_NOT_FOUND, unless the best low-score candidate is clearly a masked face

@@ -79,3 +79,52 @@ fn dev_set_accuracy_meets_the_bar() {
         );
     }
 }
+
+/// With 2 threads the gate's networks and the anti-spoof networks run side by side: every third
+/// dev photo (passed, refused by the gate at each of its steps, spoofs) must get the same answer
+/// and the same diagnostics as with 1 thread. (The kernels' own thread count is process-wide, so
+/// here both pipelines run their kernels on 2 threads: what differs is the side-by-side run.)
+#[test]
+fn two_threads_answer_as_one() {
+    use liveness::config::PipelineConfig;
+    use liveness::pipeline::Pipeline;
+    let load = |threads| {
+        let config = PipelineConfig {
+            model_dir: repo("models"),
+            threads,
+            ..PipelineConfig::default()
+        };
+        Pipeline::load(config).unwrap()
+    };
+    let (one, two) = (load(1), load(2));
+    let dir = repo("../shared/data/faces-dev");
+    let labels = read_labels(&dir).unwrap();
+    let (mut scored, mut refused) = (0, 0);
+    for row in labels.iter().step_by(3) {
+        let bytes = std::fs::read(dir.join(&row.file)).unwrap();
+        let (a, b) = (
+            one.assess_encoded(&bytes).unwrap(),
+            two.assess_encoded(&bytes).unwrap(),
+        );
+        match (&a.outcome, &b.outcome) {
+            (Outcome::Scored { score: x }, Outcome::Scored { score: y }) => {
+                assert!((x - y).abs() <= 1e-6, "{}: {x} vs {y}", row.file);
+                scored += 1;
+            }
+            (Outcome::Rejected(x), Outcome::Rejected(y)) => {
+                assert_eq!(x, y, "{}", row.file);
+                refused += 1;
+            }
+            (x, y) => panic!("{}: {x:?} vs {y:?}", row.file),
+        }
+        let (da, db) = (
+            serde_json::to_value(&a.diagnostics).unwrap(),
+            serde_json::to_value(&b.diagnostics).unwrap(),
+        );
+        assert_eq!(da, db, "{}", row.file);
+    }
+    assert!(
+        scored >= 20 && refused >= 5,
+        "{scored} scored, {refused} refused"
+    );
+}
