@@ -12,4 +12,11 @@ $(VENV)/.bench-stamp: tools/requirements-bench.txt $(VENV)/.stamp
 bench-peer: $(VENV)/.bench-stamp models
 	$(CARGO) build --release --locked --bin liveness
 	$(PY) tools/bench_peer.py --liveness $(or $(CARGO_TARGET_DIR),target)/release/liveness $(BENCH_PEER_ARGS)
-.PHONY: bench-peer
+
+# `make bench-peer-pipeline`: whole processes over the faces-dev live and spoof photos, the
+# onnxruntime reference pipeline (tools/reference_pipeline.py) beside `liveness check` with 1 and
+# 2 threads, alternating.
+bench-peer-pipeline: $(VENV)/.bench-stamp models
+	$(CARGO) build --release --locked --bin liveness
+	$(PY) tools/bench_peer.py --pipeline --liveness $(or $(CARGO_TARGET_DIR),target)/release/liveness $(BENCH_PEER_ARGS)
+.PHONY: bench-peer bench-peer-pipeline

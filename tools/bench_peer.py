@@ -12,6 +12,11 @@ from ../shared, FaceMesh converted from the TFLite file with tflite2onnx, the ma
 built by tools/mask_to_onnx.py; converted graphs are cached in $BENCH_PEER_DIR (target/bench-peer).
 
     python tools/bench_peer.py [--liveness target/release/liveness] [--rounds 5] [--iterations 20]
+
+With --pipeline it times whole processes instead: tools/reference_pipeline.py (onnxruntime
+RetinaFace at long side 640 + MiniFASNetV2 + V1SE, no gate: ../shared/reference/timing.md row
+(b)) and `liveness check` (gate and all three anti-spoof networks) with 1 and 2 threads, each
+one process over the live and spoof photos of faces-dev, alternating, wall time from exec to exit.
 """
 import argparse
 import os
@@ -106,12 +111,49 @@ def cpu_name():
     return platform.processor()
 
 
+def wall_seconds(cmd, env):
+    t = time.perf_counter()
+    subprocess.run(cmd, cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - t
+
+
+def bench_pipelines(args):
+    dev = os.path.join(SHARED, "data/faces-dev")
+    photos = sorted(os.path.join(dev, f) for f in os.listdir(dev) if f.startswith(("live_", "spoof_")))
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    runs = {
+        "onnxruntime reference (b), no gate": [sys.executable, os.path.join(ROOT, "tools/reference_pipeline.py")],
+        "liveness check, LIVENESS_THREADS=1": [args.liveness, "check"],
+        "liveness check, LIVENESS_THREADS=2": [args.liveness, "check"],
+    }
+    envs = {name: dict(env, LIVENESS_THREADS=name[-1]) if name.startswith("liveness") else env for name in runs}
+    times = {name: [] for name in runs}
+    load = [os.getloadavg()]
+    for _ in range(args.rounds):
+        for name, cmd in runs.items():
+            times[name].append(wall_seconds(cmd + photos, envs[name]))
+    load.append(os.getloadavg())
+    print(f"CPU: {cpu_name()} ({os.cpu_count()} CPUs); onnxruntime {ort.__version__}, 1 intra-op thread")
+    print(f"{len(photos)} photos (faces-dev live + spoof), one process each, {args.rounds} rounds alternating; "
+          f"loadavg before {load[0][0]:.2f}, after {load[1][0]:.2f}")
+    print("| process | wall s, median (min) | ms per photo | ratio to reference |")
+    print("|---|---|---|---|")
+    reference = statistics.median(next(iter(times.values())))
+    for name, values in times.items():
+        med = statistics.median(values)
+        print(f"| {name} | {med:.2f} ({min(values):.2f}) | {med / len(photos) * 1e3:.1f} | {med / reference:.2f} |")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--liveness", default=os.path.join(ROOT, "target/release/liveness"))
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--iterations", type=int, default=20)
+    ap.add_argument("--pipeline", action="store_true", help="whole processes over the dev photos")
     args = ap.parse_args()
+    if args.pipeline:
+        bench_pipelines(args)
+        return
     cache = os.environ.get("BENCH_PEER_DIR", os.path.join(ROOT, "target/bench-peer"))
     convert(cache)
     nets = networks(cache)
