@@ -150,7 +150,8 @@ pub struct PipelineConfig {
     /// Long side of a second detection pass when the first finds no face; 0 disables it
     /// (`LIVENESS_DETECTOR_RETRY_LONG_SIDE`).
     pub detector_retry_long_side: u32,
-    /// Threads the network kernels may use (`LIVENESS_THREADS`).
+    /// Threads per request (`LIVENESS_THREADS`): with 2 or more, the gate's networks and the
+    /// anti-spoof networks run side by side; the kernels themselves are single-threaded.
     pub threads: usize,
     /// Quality-gate thresholds.
     pub gate: GateConfig,

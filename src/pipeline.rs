@@ -169,13 +169,12 @@ impl Pipeline {
         Self::with_score_model(config, score_model)
     }
 
-    /// Loads every network from `config.model_dir` and scores with `score_model`; applies
-    /// `config.threads`. Anti-spoof networks whose fusion weight is 0 are not loaded.
+    /// Loads every network from `config.model_dir` and scores with `score_model`. Anti-spoof
+    /// networks whose fusion weight is 0 are not loaded.
     pub fn with_score_model(
         config: PipelineConfig,
         score_model: ScoreModel,
     ) -> Result<Self, PipelineError> {
-        crate::nn::set_num_threads(config.threads);
         let dir = &config.model_dir;
         let load_error =
             |file: &str, e: candle_core::Error| PipelineError::ModelLoad(format!("{file}: {e}"));

@@ -229,11 +229,7 @@ impl FusedConv2d {
         let n = dst.len() / m;
         let k = weight.len() / m;
         // Repacking `weight` per block costs about 2/`block` of the multiply: keep blocks >= 128.
-        let block = if crate::nn::num_threads() > 1 {
-            n
-        } else {
-            (L2_BLOCK_FLOATS / (m + k)).max(128) / 16 * 16
-        };
+        let block = (L2_BLOCK_FLOATS / (m + k)).max(128) / 16 * 16;
         let epilogues: Vec<Epilogue> = (c0..c0 + m)
             .map(|c| self.activation.epilogue(c, self.bias[c]))
             .collect();
@@ -303,8 +299,9 @@ impl FusedConv2d {
         // the output run. Every channel writes the same plane positions, so the padding written
         // as zeros when `scratch` is made stays zero.
         let phases_len = layout.len + DEPTHWISE_LANES;
-        let channel_job = |c: usize, out: &mut [f32], scratch: &mut Vec<f32>| {
-            let (phases, run) = scratch.split_at_mut(phases_len);
+        let mut scratch = vec![0f32; phases_len + run_len];
+        let (phases, run) = scratch.split_at_mut(phases_len);
+        for (c, out) in dst.chunks_exact_mut(oh * ow).enumerate() {
             layout.fill(&src[c * h * w..(c + 1) * h * w], phases);
             let taps = &self.weight[c * kh * kw..(c + 1) * kh * kw];
             let epilogue = self.activation.epilogue(c, self.bias[c]);
@@ -312,21 +309,6 @@ impl FusedConv2d {
             for (o, r) in out.chunks_exact_mut(ow).zip(run.chunks(layout.wp)) {
                 o.copy_from_slice(&r[..ow]);
             }
-        };
-        let plane = oh * ow;
-        let new_scratch = || vec![0f32; phases_len + run_len];
-        if crate::nn::num_threads() > 1 {
-            use rayon::prelude::*;
-            dst.par_chunks_exact_mut(plane)
-                .enumerate()
-                .for_each_init(new_scratch, |scratch, (c, out)| {
-                    channel_job(c, out, scratch)
-                });
-        } else {
-            let mut scratch = new_scratch();
-            dst.chunks_exact_mut(plane)
-                .enumerate()
-                .for_each(|(c, out)| channel_job(c, out, &mut scratch));
         }
     }
 }
@@ -609,7 +591,7 @@ fn gemm_row_major(
             false,
             false,
             false,
-            crate::nn::gemm_parallelism(),
+            gemm::Parallelism::None,
         );
     }
 }

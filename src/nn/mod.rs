@@ -6,34 +6,14 @@
 
 pub mod conv;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-
-static THREADS: AtomicUsize = AtomicUsize::new(1);
-
 /// Caps the thread pools of rayon and candle (element-wise ops) at `n` threads by setting
-/// `RAYON_NUM_THREADS` when the caller has not set it.
+/// `RAYON_NUM_THREADS` when the caller has not set it. The kernels here are single-threaded; the
+/// pipeline uses a second thread to run the gate beside the anti-spoof networks.
 ///
 /// Call at the very start of `main`, before any other thread exists: changing the environment
 /// while other threads may read it is a data race.
 pub fn limit_thread_pools_at_startup(n: usize) {
     if std::env::var_os("RAYON_NUM_THREADS").is_none() {
         std::env::set_var("RAYON_NUM_THREADS", n.max(1).to_string());
-    }
-}
-
-/// Sets how many threads the kernels may use (1 = single-threaded, the default).
-pub fn set_num_threads(n: usize) {
-    THREADS.store(n.max(1), Ordering::Relaxed);
-}
-
-/// The number of threads the kernels may use.
-pub fn num_threads() -> usize {
-    THREADS.load(Ordering::Relaxed)
-}
-
-pub(crate) fn gemm_parallelism() -> gemm::Parallelism {
-    match num_threads() {
-        1 => gemm::Parallelism::None,
-        n => gemm::Parallelism::Rayon(n),
     }
 }
