@@ -152,11 +152,11 @@ impl Module for InvertedResidual {
             Some(expand) => expand.forward(xs)?,
             None => xs.clone(),
         };
-        let ys = self.project.forward(&self.depthwise.forward(&hidden)?)?;
+        let hidden = self.depthwise.forward(&hidden)?;
         if self.residual {
-            ys + xs
+            self.project.forward_with_shortcut(&hidden, xs)
         } else {
-            Ok(ys)
+            self.project.forward(&hidden)
         }
     }
 }

@@ -273,17 +273,12 @@ impl DepthWise {
 
 impl Module for DepthWise {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let ys = self
-            .project
-            .forward(&self.conv_dw.forward(&self.conv.forward(xs)?)?)?;
-        let ys = match &self.se_module {
-            Some(se) => se.forward(&ys)?,
-            None => ys,
-        };
-        if self.residual {
-            xs + ys
-        } else {
-            Ok(ys)
+        let hidden = self.conv_dw.forward(&self.conv.forward(xs)?)?;
+        match (&self.se_module, self.residual) {
+            // The SE gate scales the projection before the shortcut: a separate add.
+            (Some(se), _) => xs + se.forward(&self.project.forward(&hidden)?)?,
+            (None, true) => self.project.forward_with_shortcut(&hidden, xs),
+            (None, false) => self.project.forward(&hidden),
         }
     }
 }

@@ -12,7 +12,7 @@
 //!
 //! Input must be `f32`, `NCHW`; any batch size.
 
-use candle_core::{CpuStorage, CustomOp1, Layout, Module, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Module, Result, Shape, Tensor};
 
 /// The non-linearity applied after bias, fused into the convolution.
 #[derive(Debug, Clone, PartialEq)]
@@ -201,31 +201,63 @@ impl FusedConv2d {
         Ok(((h + pt + pb - kh) / s + 1, (w + pl + pr - kw) / s + 1))
     }
 
-    fn run(&self, input: &[f32], n: usize, h: usize, w: usize) -> Result<(Vec<f32>, usize, usize)> {
+    /// Runs the layer on `n` inputs of `h x w`. With a `shortcut` (a pointwise layer without
+    /// activation only), the output starts as a copy of it and the GEMM accumulates onto it.
+    fn run(
+        &self,
+        input: &[f32],
+        n: usize,
+        h: usize,
+        w: usize,
+        shortcut: Option<&[f32]>,
+    ) -> Result<(Vec<f32>, usize, usize)> {
         let (oh, ow) = self.output_size(h, w)?;
         let in_plane = self.in_channels * h * w;
         let out_plane = self.out_channels * oh * ow;
-        let mut out = vec![0f32; n * out_plane];
-        for b in 0..n {
-            let src = &input[b * in_plane..(b + 1) * in_plane];
-            let dst = &mut out[b * out_plane..(b + 1) * out_plane];
+        let inputs = input.chunks_exact(in_plane).take(n);
+        if self.kind == Kernel::Depthwise && shortcut.is_none() {
+            // Written in order, so the output is appended to, never zeroed first.
+            let mut out = Vec::with_capacity(n * out_plane);
+            inputs.for_each(|src| self.depthwise(src, &mut out, h, w, oh, ow));
+            return Ok((out, oh, ow));
+        }
+        let mut out = match shortcut {
+            Some(values) if values.len() == n * out_plane => values.to_vec(),
+            Some(values) => candle_core::bail!(
+                "shortcut has {} values for an output of {}",
+                values.len(),
+                n * out_plane
+            ),
+            None => vec![0f32; n * out_plane],
+        };
+        let accumulate = shortcut.is_some();
+        for (src, dst) in inputs.zip(out.chunks_exact_mut(out_plane)) {
             match self.kind {
                 Kernel::Pointwise => {
-                    self.gemm_epilogue(0, self.out_channels, &self.weight, src, dst)
+                    self.gemm_epilogue(0, self.out_channels, &self.weight, src, dst, accumulate)
                 }
-                Kernel::Depthwise => self.depthwise(src, dst, h, w, oh, ow),
                 Kernel::Im2col => self.im2col_gemm(src, dst, h, w, oh, ow),
+                Kernel::Depthwise => candle_core::bail!("no shortcut for a depthwise layer"),
             }
         }
         Ok((out, oh, ow))
     }
 
     /// `dst = act(weight * rhs + bias)` for output channels `c0..c0 + m`: `weight` is `m x k`,
-    /// `rhs` is `k x n` and `dst` is `m x n`, all row-major (`n` = `dst.len() / m`).
+    /// `rhs` is `k x n` and `dst` is `m x n`, all row-major (`n` = `dst.len() / m`). With
+    /// `accumulate`, `dst = act(dst + weight * rhs + bias)`.
     ///
     /// Runs in column blocks whose output and input fit in L2, so bias and activation are
     /// applied while the block is still in cache instead of in a second pass over memory.
-    fn gemm_epilogue(&self, c0: usize, m: usize, weight: &[f32], rhs: &[f32], dst: &mut [f32]) {
+    fn gemm_epilogue(
+        &self,
+        c0: usize,
+        m: usize,
+        weight: &[f32],
+        rhs: &[f32],
+        dst: &mut [f32],
+        accumulate: bool,
+    ) {
         let n = dst.len() / m;
         let k = weight.len() / m;
         // Repacking `weight` per block costs about 2/`block` of the multiply: keep blocks >= 128.
@@ -235,7 +267,7 @@ impl FusedConv2d {
             .collect();
         for j0 in (0..n).step_by(block) {
             let nb = block.min(n - j0);
-            gemm_row_major(m, nb, k, n, weight, &rhs[j0..], &mut dst[j0..]);
+            gemm_row_major(m, nb, k, n, weight, &rhs[j0..], &mut dst[j0..], accumulate);
             for (row, &epilogue) in dst[j0..].chunks_mut(n).zip(&epilogues) {
                 apply_epilogue(epilogue, &mut row[..nb]);
             }
@@ -273,7 +305,7 @@ impl FusedConv2d {
             }
             let weight = &self.weight[g * cout_g * k..(g + 1) * cout_g * k];
             let out = &mut dst[g * cout_g * plane..(g + 1) * cout_g * plane];
-            self.gemm_epilogue(g * cout_g, cout_g, weight, &cols, out);
+            self.gemm_epilogue(g * cout_g, cout_g, weight, &cols, out, false);
             cols.clear();
         }
     }
@@ -283,10 +315,11 @@ impl FusedConv2d {
     /// Each channel is first copied into zero-padded *phase planes* ([`PhaseLayout`]), where
     /// every tap reads one contiguous run with no bounds tests, whatever the stride and padding.
     /// Output rows are computed `wp` (the plane width) apart as one flat run; the `wp - ow`
-    /// extra values after each row are dropped when the run is copied out. The run is rounded up
+    /// extra values after each row are dropped when the run is appended to `out`, channel after
+    /// channel. The run is rounded up
     /// to whole [`DEPTHWISE_LANES`] groups, read from zeros after the planes, so the kernel has
     /// no scalar tail.
-    fn depthwise(&self, src: &[f32], dst: &mut [f32], h: usize, w: usize, oh: usize, ow: usize) {
+    fn depthwise(&self, src: &[f32], out: &mut Vec<f32>, h: usize, w: usize, oh: usize, ow: usize) {
         let (kh, kw) = self.kernel;
         let layout = PhaseLayout::new(&self.geometry, h, w);
         let run_len = ((oh - 1) * layout.wp + ow).next_multiple_of(DEPTHWISE_LANES);
@@ -301,13 +334,13 @@ impl FusedConv2d {
         let phases_len = layout.len + DEPTHWISE_LANES;
         let mut scratch = vec![0f32; phases_len + run_len];
         let (phases, run) = scratch.split_at_mut(phases_len);
-        for (c, out) in dst.chunks_exact_mut(oh * ow).enumerate() {
-            layout.fill(&src[c * h * w..(c + 1) * h * w], phases);
+        for (c, channel) in src.chunks_exact(h * w).enumerate() {
+            layout.fill(channel, phases);
             let taps = &self.weight[c * kh * kw..(c + 1) * kh * kw];
             let epilogue = self.activation.epilogue(c, self.bias[c]);
             kernel(taps, &starts, phases, epilogue, run);
-            for (o, r) in out.chunks_exact_mut(ow).zip(run.chunks(layout.wp)) {
-                o.copy_from_slice(&r[..ow]);
+            for row in run.chunks(layout.wp).take(oh) {
+                out.extend_from_slice(&row[..ow]);
             }
         }
     }
@@ -428,6 +461,8 @@ unsafe fn apply_epilogue_avx2(epilogue: Epilogue, values: &mut [f32]) {
 
 /// Outputs the depthwise kernel sums at once (one AVX2 register).
 const DEPTHWISE_LANES: usize = 8;
+/// Groups of [`DEPTHWISE_LANES`] outputs the depthwise kernel sums side by side.
+const DEPTHWISE_GROUPS: usize = 4;
 
 /// One depthwise channel: `run[q] = act(bias + sum_t taps[t] * phases[starts[t] + q])`.
 type DepthwiseKernel = fn(&[f32], &[usize], &[f32], Epilogue, &mut [f32]);
@@ -518,7 +553,9 @@ fn depthwise_run<M: MulAdd>(
 }
 
 /// [`depthwise_run`] for exactly `K` taps: each group of `LANES` outputs is summed in registers
-/// over all taps, then stored once.
+/// over all taps, then stored once. Groups go [`DEPTHWISE_GROUPS`] at a time, so that many
+/// independent multiply-add chains overlap (one chain of `K` dependent multiply-adds left the
+/// FMA units idle most of the time) and each tap is broadcast once per block.
 #[inline(always)]
 fn depthwise_taps<M: MulAdd, const K: usize>(
     taps: &[f32],
@@ -528,12 +565,28 @@ fn depthwise_taps<M: MulAdd, const K: usize>(
     run: &mut [f32],
 ) {
     const LANES: usize = DEPTHWISE_LANES;
+    const BLOCK: usize = DEPTHWISE_LANES * DEPTHWISE_GROUPS;
     let n = run.len();
     let taps: &[f32; K] = taps.try_into().expect("tap count");
     let sources: [&[f32]; K] = std::array::from_fn(|t| &phases[starts[t]..starts[t] + n]);
-    let (head, tail) = run.split_at_mut(n - n % LANES);
-    for (i, chunk) in head.chunks_exact_mut(LANES).enumerate() {
-        let q = i * LANES;
+    let (blocks, rest) = run.split_at_mut(n - n % BLOCK);
+    for (i, block) in blocks.chunks_exact_mut(BLOCK).enumerate() {
+        let q = i * BLOCK;
+        let mut acc = [epilogue.bias; BLOCK];
+        for (&tap, source) in taps.iter().zip(&sources) {
+            let x: &[f32; BLOCK] = source[q..q + BLOCK].try_into().expect("block");
+            for (a, &x) in acc.iter_mut().zip(x) {
+                *a = M::mul_add(tap, x, *a);
+            }
+        }
+        for (o, a) in block.iter_mut().zip(acc) {
+            *o = epilogue.activate(a);
+        }
+    }
+    let q0 = blocks.len();
+    let (groups, tail) = rest.split_at_mut(rest.len() - rest.len() % LANES);
+    for (i, chunk) in groups.chunks_exact_mut(LANES).enumerate() {
+        let q = q0 + i * LANES;
         let mut acc = [epilogue.bias; LANES];
         for (&tap, source) in taps.iter().zip(&sources) {
             let x: &[f32; LANES] = source[q..q + LANES].try_into().expect("lane count");
@@ -545,18 +598,18 @@ fn depthwise_taps<M: MulAdd, const K: usize>(
             *o = epilogue.activate(a);
         }
     }
-    let q0 = head.len();
+    let q1 = q0 + groups.len();
     for (i, o) in tail.iter_mut().enumerate() {
         let mut acc = epilogue.bias;
         for (&tap, source) in taps.iter().zip(&sources) {
-            acc = M::mul_add(tap, source[q0 + i], acc);
+            acc = M::mul_add(tap, source[q1 + i], acc);
         }
         *o = epilogue.activate(acc);
     }
 }
 
-/// `dst[m x n] = lhs[m x k] * rhs[k x n]`, row-major; `lhs` is contiguous, rows of `rhs` and
-/// `dst` are `row_stride` apart.
+/// `dst[m x n] = lhs[m x k] * rhs[k x n]` (`+=` with `accumulate`), row-major; `lhs` is
+/// contiguous, rows of `rhs` and `dst` are `row_stride` apart.
 #[allow(clippy::too_many_arguments)]
 fn gemm_row_major(
     m: usize,
@@ -566,6 +619,7 @@ fn gemm_row_major(
     lhs: &[f32],
     rhs: &[f32],
     dst: &mut [f32],
+    accumulate: bool,
 ) {
     assert!(m > 0 && k > 0 && n <= row_stride);
     assert!(lhs.len() >= m * k);
@@ -579,14 +633,14 @@ fn gemm_row_major(
             dst.as_mut_ptr(),
             1,
             row_stride as isize,
-            false,
+            accumulate,
             lhs.as_ptr(),
             1,
             k as isize,
             rhs.as_ptr(),
             1,
             row_stride as isize,
-            0.0,
+            if accumulate { 1.0 } else { 0.0 },
             1.0,
             false,
             false,
@@ -606,15 +660,7 @@ impl CustomOp1 for FusedConv2d {
         if c != self.in_channels {
             candle_core::bail!("conv expects {} input channels, got {c}", self.in_channels);
         }
-        let data = match storage {
-            CpuStorage::F32(data) => data,
-            _ => candle_core::bail!("fused-conv2d expects f32 input"),
-        };
-        let input = match layout.contiguous_offsets() {
-            Some((start, end)) => &data[start..end],
-            None => candle_core::bail!("fused-conv2d expects a contiguous input"),
-        };
-        let (out, oh, ow) = self.run(input, n, h, w)?;
+        let (out, oh, ow) = self.run(contiguous_f32(storage, layout)?, n, h, w, None)?;
         Ok((
             CpuStorage::F32(out),
             Shape::from((n, self.out_channels, oh, ow)),
@@ -629,6 +675,67 @@ impl Module for FusedConv2d {
         } else {
             xs.contiguous()?.apply_op1_no_bwd(self)
         }
+    }
+}
+
+impl FusedConv2d {
+    /// `conv(xs) + bias + shortcut` in one pass, for the linear 1x1 projection that closes a
+    /// residual block: the shortcut is copied into the output and the GEMM accumulates onto it,
+    /// instead of a separate add over a new tensor. Only for pointwise layers without activation.
+    pub fn forward_with_shortcut(&self, xs: &Tensor, shortcut: &Tensor) -> Result<Tensor> {
+        if self.kind != Kernel::Pointwise || self.activation != Activation::Identity {
+            candle_core::bail!("a shortcut is only fused into a linear pointwise convolution");
+        }
+        xs.contiguous()?
+            .apply_op2_no_bwd(&shortcut.contiguous()?, &WithShortcut(self))
+    }
+}
+
+/// [`FusedConv2d::forward_with_shortcut`] as a candle op: input, then shortcut.
+struct WithShortcut<'a>(&'a FusedConv2d);
+
+impl CustomOp2 for WithShortcut<'_> {
+    fn name(&self) -> &'static str {
+        "fused-conv2d-shortcut"
+    }
+
+    fn cpu_fwd(
+        &self,
+        input: &CpuStorage,
+        input_layout: &Layout,
+        shortcut: &CpuStorage,
+        shortcut_layout: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let conv = self.0;
+        let (n, c, h, w) = input_layout.shape().dims4()?;
+        if c != conv.in_channels {
+            candle_core::bail!("conv expects {} input channels, got {c}", conv.in_channels);
+        }
+        let (oh, ow) = conv.output_size(h, w)?;
+        let out_shape = Shape::from((n, conv.out_channels, oh, ow));
+        if shortcut_layout.shape() != &out_shape {
+            candle_core::bail!(
+                "shortcut {:?} does not match the output {out_shape:?}",
+                shortcut_layout.shape()
+            );
+        }
+        let (input, shortcut) = (
+            contiguous_f32(input, input_layout)?,
+            contiguous_f32(shortcut, shortcut_layout)?,
+        );
+        let (out, _, _) = conv.run(input, n, h, w, Some(shortcut))?;
+        Ok((CpuStorage::F32(out), out_shape))
+    }
+}
+
+/// The values of a contiguous `f32` tensor.
+fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
+    let CpuStorage::F32(data) = storage else {
+        candle_core::bail!("fused-conv2d expects f32 input");
+    };
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => candle_core::bail!("fused-conv2d expects a contiguous input"),
     }
 }
 
@@ -725,6 +832,31 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn shortcut_is_added_in_the_gemm() -> Result<()> {
+        let dev = Device::Cpu;
+        // Big enough for several column blocks, the last one partial; batch of 2.
+        let x = Tensor::randn(0f32, 1.0, (2, 40, 30, 31), &dev)?;
+        let shortcut = Tensor::randn(0f32, 1.0, (2, 24, 30, 31), &dev)?;
+        let w = Tensor::randn(0f32, 1.0, (24, 40, 1, 1), &dev)?;
+        let b = Tensor::randn(0f32, 1.0, 24, &dev)?;
+        let g = ConvGeometry::new(1, 0, 1);
+        let conv = FusedConv2d::new(&w, Some(&b), g, Activation::Identity)?;
+        let ours = conv.forward_with_shortcut(&x, &shortcut)?;
+        let want = (reference(&x, &w, &b, g)? + &shortcut)?;
+        let diff = (ours - want)?
+            .abs()?
+            .flatten_all()?
+            .max(0)?
+            .to_scalar::<f32>()?;
+        assert!(diff < 1e-4, "max diff {diff}");
+        // Only linear pointwise layers take a shortcut; the shapes must match.
+        let relu = FusedConv2d::new(&w, Some(&b), g, Activation::Relu)?;
+        assert!(relu.forward_with_shortcut(&x, &shortcut).is_err());
+        assert!(conv.forward_with_shortcut(&x, &x).is_err());
+        Ok(())
     }
 
     #[test]
