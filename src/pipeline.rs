@@ -137,6 +137,13 @@ fn ms_since(start: Instant) -> f64 {
     start.elapsed().as_secs_f64() * 1e3
 }
 
+/// `f()` and how long it took, in milliseconds.
+fn timed<T>(f: impl FnOnce() -> T) -> (T, f64) {
+    let start = Instant::now();
+    let value = f();
+    (value, ms_since(start))
+}
+
 /// The assessment of a photo the gate refused, its timing closed at `start + now`.
 fn rejected(
     Rejection { code, detail }: Rejection,
@@ -269,20 +276,27 @@ impl Pipeline {
             }
         };
         let score = if self.config.threads > 1 {
-            // The rest of the gate and the anti-spoof networks both need only the selected face:
-            // run them side by side, and drop the score if the gate refuses the photo.
+            // The rest of the gate and the anti-spoof networks need only the selected face: the
+            // mask classifier (the longest network) starts at once on one thread while the
+            // other runs FaceMesh and the anti-spoof networks; the gate's checks then run in
+            // their usual order on the results, and the score is dropped if the gate refuses.
             let mut scoring_diagnostics = Diagnostics::default();
-            let (appraisal, score) = rayon::join(
+            let ((p_mask, mask_ms), ((mesh, mesh_ms), score)) = rayon::join(
+                || timed(|| self.mask.mask_probability(image, face.bbox)),
                 || {
-                    let t = Instant::now();
-                    let appraisal = self.appraise_face(image, face, &mut diagnostics);
-                    (appraisal, ms_since(t))
+                    rayon::join(
+                        || timed(|| self.face_presence(image, face)),
+                        || self.score_face(image, face, &mut timings, &mut scoring_diagnostics),
+                    )
                 },
-                || self.score_face(image, face, &mut timings, &mut scoring_diagnostics),
             );
-            let (appraisal, appraise_ms) = appraisal;
-            timings.gate_ms = select_ms + appraise_ms;
-            if let Err(rejection) = appraisal? {
+            let t = Instant::now();
+            // A failed mask run is retried where the gate needs it, so errors surface as they
+            // would one step at a time.
+            let appraisal =
+                self.appraise_face(image, face, mesh?, p_mask.ok(), &mut diagnostics)?;
+            timings.gate_ms = select_ms + mask_ms.max(mesh_ms) + ms_since(t);
+            if let Err(rejection) = appraisal {
                 timings.crop_ms = 0.0;
                 timings.classify_ms = 0.0;
                 return Ok(rejected(rejection, timings, diagnostics, start));
@@ -292,7 +306,8 @@ impl Pipeline {
             score?
         } else {
             let t = Instant::now();
-            let appraisal = self.appraise_face(image, face, &mut diagnostics)?;
+            let mesh = self.face_presence(image, face)?;
+            let appraisal = self.appraise_face(image, face, mesh, None, &mut diagnostics)?;
             timings.gate_ms = select_ms + ms_since(t);
             if let Err(rejection) = appraisal {
                 return Ok(rejected(rejection, timings, diagnostics, start));
@@ -333,30 +348,34 @@ impl Pipeline {
         Ok(check_cropped(face, width, height, gate).map(|()| face))
     }
 
-    /// The rest of the quality gate, in its documented order, on the selected face: FaceMesh
-    /// presence, size, mask, head pose, framing. `Ok(Err(..))` is a refusal.
+    /// The rest of the quality gate, in its documented order, on the selected face and
+    /// FaceMesh's output for it (`presence, mesh`): FaceMesh presence, size, mask, head pose,
+    /// framing. `p_mask` is the mask classifier's answer when it already ran, else it runs when
+    /// a check needs it. `Ok(Err(..))` is a refusal.
     fn appraise_face(
         &self,
         image: &RgbImage,
         face: &Detection,
+        (presence, mesh): (f32, MeshOutput),
+        p_mask: Option<f32>,
         diagnostics: &mut Diagnostics,
     ) -> Result<Result<(), Rejection>, PipelineError> {
         let gate = &self.config.gate;
         let (width, height) = image.dimensions();
-        let (presence, mesh) = self.face_presence(image, face)?;
         diagnostics.face_presence = Some(presence);
         if presence < gate.min_face_presence {
             return Ok(Err(self.rejected_by_face_mesh(
                 image,
                 face,
                 presence,
+                p_mask,
                 diagnostics,
             )?));
         }
         if let Err(rejection) = check_size(face, height, gate) {
             return Ok(Err(rejection));
         }
-        if let Err(rejection) = self.check_appearance(image, face, &mesh, diagnostics)? {
+        if let Err(rejection) = self.check_appearance(image, face, &mesh, p_mask, diagnostics)? {
             return Ok(Err(rejection));
         }
         Ok(check_framing(face, width, height, gate))
@@ -382,9 +401,14 @@ impl Pipeline {
             return Ok(not_found);
         }
         let threshold = gate.masked_face_mask_threshold;
-        if let Some(masked) =
-            self.masked(image, candidate, threshold, "low-score face", diagnostics)?
-        {
+        if let Some(masked) = self.masked(
+            image,
+            candidate,
+            None,
+            threshold,
+            "low-score face",
+            diagnostics,
+        )? {
             return Ok(masked);
         }
         self.not_found_or_cut(image, not_found)
@@ -451,12 +475,13 @@ impl Pipeline {
         image: &RgbImage,
         face: &Detection,
         presence: f32,
+        p_mask: Option<f32>,
         diagnostics: &mut Diagnostics,
     ) -> Result<Rejection, PipelineError> {
         let gate = &self.config.gate;
         let context = format!("FaceMesh presence {presence:.2}");
         let threshold = gate.masked_face_mask_threshold;
-        if let Some(masked) = self.masked(image, face, threshold, &context, diagnostics)? {
+        if let Some(masked) = self.masked(image, face, p_mask, threshold, &context, diagnostics)? {
             return Ok(masked);
         }
         let offset = nose_offset(face);
@@ -485,17 +510,21 @@ impl Pipeline {
         Ok((1.0 / (1.0 + (-mesh.presence_logit).exp()), mesh))
     }
 
-    /// FACE_IS_OCCLUDED when the medical-mask classifier's P(mask) on `face` reaches
-    /// `threshold`; the detail starts with `context` when it is not empty.
+    /// FACE_IS_OCCLUDED when the medical-mask classifier's P(mask) on `face` (`p_mask` when it
+    /// already ran) reaches `threshold`; the detail starts with `context` when it is not empty.
     fn masked(
         &self,
         image: &RgbImage,
         face: &Detection,
+        p_mask: Option<f32>,
         threshold: f32,
         context: &str,
         diagnostics: &mut Diagnostics,
     ) -> Result<Option<Rejection>, PipelineError> {
-        let p_mask = self.mask.mask_probability(image, face.bbox)?;
+        let p_mask = match p_mask {
+            Some(p) => p,
+            None => self.mask.mask_probability(image, face.bbox)?,
+        };
         diagnostics.mask_probability = Some(p_mask);
         Ok((p_mask >= threshold).then(|| Rejection {
             code: GateCode::FaceIsOccluded,
@@ -513,10 +542,12 @@ impl Pipeline {
         image: &RgbImage,
         face: &Detection,
         mesh: &MeshOutput,
+        p_mask: Option<f32>,
         diagnostics: &mut Diagnostics,
     ) -> Result<Result<(), Rejection>, PipelineError> {
         let gate = &self.config.gate;
-        if let Some(masked) = self.masked(image, face, gate.mask_threshold, "", diagnostics)? {
+        let threshold = gate.mask_threshold;
+        if let Some(masked) = self.masked(image, face, p_mask, threshold, "", diagnostics)? {
             return Ok(Err(masked));
         }
         let pose = self.canonical_face.fit(&mesh.landmarks)?;
