@@ -14,11 +14,12 @@ help:
 	@echo "make models  - fetch/convert every weight file into models/ (sha256-checked)"
 	@echo "make build   - release build of the CLI and the Lambda bootstrap"
 	@echo "make test    - install tools, build models, run all tests (what CI runs)"
-	@echo "make bench   - single-thread and default-thread benchmarks"
+	@echo "make bench   - per-stage and per-network times (LIVENESS_THREADS, default 1)"
 	@echo "make run     - serve the API on 127.0.0.1:3000 (development credentials) and print a curl example"
 	@echo "make watch / lambda-build / cfn-lint / deploy - Lambda emulator, function zip, template lint, SAM deploy"
 	@echo "make test-arm64 - every test that matters on aarch64, under qemu (test-arm64-ci: the documented subset)"
 	@echo "make bench-cold-start - cold start of the Lambda zip against a local Runtime API + moto"
+	@echo "make bench-peer / bench-peer-pipeline - per network / whole processes beside onnxruntime"
 	@echo "make venv    - pinned Python tools (tools/requirements.txt) into .venv/"
 
 # Python tools (pinned) used by tests and converters; never imported by the service.
