@@ -81,6 +81,9 @@ enum Command {
         /// Only the per-network forward times (used by `make bench-peer` and for profiling).
         #[arg(long)]
         networks_only: bool,
+        /// Per-layer times and GFLOP/s of every network's convolutions (median per layer).
+        #[arg(long, conflicts_with = "networks_only")]
+        layers: bool,
     },
     /// Serve the HTTP API locally (same router as the Lambda); see docs/api.md.
     Serve {
@@ -120,7 +123,12 @@ fn main() -> Result<()> {
             image,
             iterations,
             networks_only,
-        } => bench(config, &image, iterations, networks_only),
+            layers,
+        } => match (networks_only, layers) {
+            (_, true) => bench_networks(&config.model_dir, iterations, NetworkBench::Layers),
+            (true, false) => bench_networks(&config.model_dir, iterations, NetworkBench::Forward),
+            (false, false) => bench(config, &image, iterations),
+        },
         Command::Serve { port } => serve(config, port),
     }
 }
@@ -594,17 +602,9 @@ fn calibrate(
     Ok(())
 }
 
-fn bench(
-    config: PipelineConfig,
-    image: &Path,
-    iterations: usize,
-    networks_only: bool,
-) -> Result<()> {
+fn bench(config: PipelineConfig, image: &Path, iterations: usize) -> Result<()> {
     let threads = config.threads;
     let model_dir = config.model_dir.clone();
-    if networks_only {
-        return bench_networks(&model_dir, iterations);
-    }
     let source = liveness::image_io::decode_rgb(&std::fs::read(image)?, Default::default())?;
     let load_start = Instant::now();
     let pipeline = Pipeline::load(config)?;
@@ -645,7 +645,16 @@ fn bench(
             .collect();
         println!("{:<10} {}", format!("{w}x{h}"), cells.join(" "));
     }
-    bench_networks(&model_dir, iterations)
+    bench_networks(&model_dir, iterations, NetworkBench::Forward)
+}
+
+/// What `bench_networks` reports for each network.
+#[derive(Clone, Copy, PartialEq)]
+enum NetworkBench {
+    /// The whole forward pass.
+    Forward,
+    /// Each convolution layer (`liveness::nn::conv::profile`).
+    Layers,
 }
 
 /// "median (min-max)" of `samples`, in place.
@@ -661,54 +670,117 @@ fn summary(samples: &mut [f64]) -> String {
 }
 
 /// Forward time of each network alone, on fixed pseudo-random inputs of its real input size.
-fn bench_networks(model_dir: &Path, iterations: usize) -> Result<()> {
+fn bench_networks(model_dir: &Path, iterations: usize, report: NetworkBench) -> Result<()> {
     use candle_core::{Device, Module, Tensor};
     use liveness::models::{facemesh::FaceMesh, load_weights, mask::MaskClassifier};
     use liveness::models::{minifasnet::MiniFasNet, minifasnet::Variant, retinaface::RetinaFace};
     use liveness::pipeline::{FACEMESH_FILE, MASK_FILE, RETINAFACE_FILE};
 
+    type Forward = Box<dyn Fn() -> candle_core::Result<()>>;
     let input = |shape: (usize, usize, usize, usize), lo: f32, hi: f32| {
         Tensor::rand(lo, hi, shape, &Device::Cpu)
     };
-    let time = |forward: &dyn Fn() -> candle_core::Result<()>| -> Result<String> {
-        forward()?;
-        let mut samples = Vec::with_capacity(iterations);
-        for _ in 0..iterations {
-            let start = Instant::now();
-            forward()?;
-            samples.push(start.elapsed().as_secs_f64() * 1e3);
-        }
-        Ok(summary(&mut samples))
-    };
-    println!("network forward, median (min-max) ms:");
+    let mut networks: Vec<(String, Forward)> = Vec::new();
     let retinaface = RetinaFace::new(load_weights(model_dir.join(RETINAFACE_FILE))?)?;
     let x = input((1, 3, 240, 320), -128.0, 128.0)?;
-    println!(
-        "  {:<28} {}",
-        "RetinaFace 320x240",
-        time(&|| retinaface.forward(&x).map(drop))?
-    );
+    networks.push((
+        "RetinaFace 320x240".into(),
+        Box::new(move || retinaface.forward(&x).map(drop)),
+    ));
     for variant in Variant::ALL {
         let file = liveness::antispoof::weights_file(variant);
         let net = MiniFasNet::new(load_weights(model_dir.join(file))?, variant)?;
         let size = variant.input_size();
         let x = input((1, 3, size, size), 0.0, 255.0)?;
         let name = format!("{} {size}x{size}", variant.name());
-        println!("  {name:<28} {}", time(&|| net.forward(&x).map(drop))?);
+        networks.push((name, Box::new(move || net.forward(&x).map(drop))));
     }
     let mesh = FaceMesh::load(model_dir.join(FACEMESH_FILE))?;
     let x = input((1, 3, 192, 192), 0.0, 1.0)?;
-    println!(
-        "  {:<28} {}",
-        "FaceMesh 192x192",
-        time(&|| mesh.forward(&x).map(drop))?
-    );
+    networks.push((
+        "FaceMesh 192x192".into(),
+        Box::new(move || mesh.forward(&x).map(drop)),
+    ));
     let mask = MaskClassifier::load(model_dir.join(MASK_FILE))?;
     let x = input((1, 3, 224, 224), -1.0, 1.0)?;
-    println!(
-        "  {:<28} {}",
-        "mask classifier 224x224",
-        time(&|| mask.forward(&x).map(drop))?
-    );
+    networks.push((
+        "mask classifier 224x224".into(),
+        Box::new(move || mask.forward(&x).map(drop)),
+    ));
+
+    if report == NetworkBench::Forward {
+        println!("network forward, median (min-max) ms:");
+    }
+    for (name, forward) in &networks {
+        forward()?;
+        let mut samples = Vec::with_capacity(iterations);
+        let mut layers: Vec<Vec<liveness::nn::conv::profile::LayerTime>> = Vec::new();
+        for _ in 0..iterations {
+            if report == NetworkBench::Layers {
+                liveness::nn::conv::profile::start();
+            }
+            let start = Instant::now();
+            forward()?;
+            samples.push(start.elapsed().as_secs_f64() * 1e3);
+            if report == NetworkBench::Layers {
+                layers.push(liveness::nn::conv::profile::finish());
+            }
+        }
+        match report {
+            NetworkBench::Forward => println!("  {name:<28} {}", summary(&mut samples)),
+            NetworkBench::Layers => print_layers(name, &mut samples, &layers),
+        }
+    }
     Ok(())
+}
+
+/// Per-layer medians of `runs` (each the layers of one forward pass, in order), then the time
+/// per kind of layer (the first word of its description) against the whole forward pass.
+fn print_layers(
+    name: &str,
+    forward_ms: &mut [f64],
+    runs: &[Vec<liveness::nn::conv::profile::LayerTime>],
+) {
+    let median = |values: &mut Vec<f64>| {
+        values.sort_by(f64::total_cmp);
+        values[values.len() / 2]
+    };
+    let forward = median(&mut forward_ms.to_vec());
+    println!("\n{name}: forward {forward:.2} ms (median)");
+    println!("  {:<40} {:>8} {:>8}", "layer", "ms", "GFLOP/s");
+    let mut by_kind: Vec<(String, f64)> = Vec::new();
+    let first = runs.first().map(Vec::as_slice).unwrap_or_default();
+    for (i, layer) in first.iter().enumerate() {
+        let mut times: Vec<f64> = runs
+            .iter()
+            .filter_map(|run| run.get(i))
+            .map(|l| l.elapsed.as_secs_f64() * 1e3)
+            .collect();
+        let ms = median(&mut times);
+        println!(
+            "  {:<40} {ms:>8.3} {:>8.1}",
+            layer.layer,
+            layer.flops / ms / 1e6
+        );
+        let kind = layer
+            .layer
+            .split(' ')
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        match by_kind.iter_mut().find(|(k, _)| *k == kind) {
+            Some((_, total)) => *total += ms,
+            None => by_kind.push((kind, ms)),
+        }
+    }
+    let convolutions: f64 = by_kind.iter().map(|(_, ms)| ms).sum();
+    let kinds: Vec<String> = by_kind
+        .iter()
+        .map(|(kind, ms)| format!("{kind} {ms:.2}"))
+        .collect();
+    println!(
+        "  convolutions {convolutions:.2} ms ({}), everything else {:.2} ms",
+        kinds.join(", "),
+        forward - convolutions
+    );
 }

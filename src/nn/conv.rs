@@ -93,8 +93,17 @@ impl ConvGeometry {
 enum Kernel {
     Pointwise,
     Depthwise,
+    /// Few input taps per output and few outputs (a network's first layer on RGB): summed from
+    /// shifted planes like the depthwise kernel, with no im2col copy and no narrow GEMM.
+    Direct,
     Im2col,
 }
+
+/// Largest `Cin * KH * KW` and `Cout` a dense layer may have to use [`Kernel::Direct`]
+/// (`liveness bench --layers`: RetinaFace's 3->8 3x3/2 first layer ran at 18 GFLOP/s through
+/// im2col and a GEMM with 8 rows).
+const DIRECT_MAX_TAPS: usize = 27;
+const DIRECT_MAX_OUT_CHANNELS: usize = 16;
 
 /// A convolution layer with its bias and activation, ready to run.
 #[derive(Debug, Clone)]
@@ -152,6 +161,11 @@ impl FusedConv2d {
                 && geometry.padding == [0; 4]
             {
                 Kernel::Pointwise
+            } else if geometry.groups == 1
+                && in_channels * kh * kw <= DIRECT_MAX_TAPS
+                && out_channels <= DIRECT_MAX_OUT_CHANNELS
+            {
+                Kernel::Direct
             } else {
                 Kernel::Im2col
             };
@@ -215,10 +229,12 @@ impl FusedConv2d {
         let in_plane = self.in_channels * h * w;
         let out_plane = self.out_channels * oh * ow;
         let inputs = input.chunks_exact(in_plane).take(n);
-        if self.kind == Kernel::Depthwise && shortcut.is_none() {
+        if matches!(self.kind, Kernel::Depthwise | Kernel::Direct) && shortcut.is_none() {
             // Written in order, so the output is appended to, never zeroed first.
             let mut out = Vec::with_capacity(n * out_plane);
-            inputs.for_each(|src| self.depthwise(src, &mut out, h, w, oh, ow));
+            for src in inputs {
+                self.shifted_planes(src, &mut out, h, w, oh, ow);
+            }
             return Ok((out, oh, ow));
         }
         let mut out = match shortcut {
@@ -237,7 +253,9 @@ impl FusedConv2d {
                     self.gemm_epilogue(0, self.out_channels, &self.weight, src, dst, accumulate)
                 }
                 Kernel::Im2col => self.im2col_gemm(src, dst, h, w, oh, ow),
-                Kernel::Depthwise => candle_core::bail!("no shortcut for a depthwise layer"),
+                Kernel::Depthwise | Kernel::Direct => {
+                    candle_core::bail!("no shortcut for a {:?} layer", self.kind)
+                }
             }
         }
         Ok((out, oh, ow))
@@ -267,7 +285,8 @@ impl FusedConv2d {
             .collect();
         for j0 in (0..n).step_by(block) {
             let nb = block.min(n - j0);
-            gemm_row_major(m, nb, k, n, weight, &rhs[j0..], &mut dst[j0..], accumulate);
+            let (rhs, out) = (&rhs[j0..], &mut dst[j0..]);
+            gemm_row_major(m, nb, k, (n, n), weight, rhs, out, accumulate);
             for (row, &epilogue) in dst[j0..].chunks_mut(n).zip(&epilogues) {
                 apply_epilogue(epilogue, &mut row[..nb]);
             }
@@ -275,8 +294,11 @@ impl FusedConv2d {
     }
 
     /// General convolution: per group, the input channels go into phase planes (see
-    /// [`Self::depthwise`]), im2col copies one contiguous run per output row and tap from them,
-    /// and a GEMM with fused epilogue produces the group's output channels.
+    /// [`Self::shifted_planes`]); then, block of output rows by block, im2col copies one
+    /// contiguous run per output row and tap from them, and a GEMM with fused epilogue produces
+    /// those columns of the group's output channels. Blocks keep the column matrix within L2
+    /// (a whole-plane column matrix, 2.7 MB for RetinaFace's 64->64 3x3 layers, went through
+    /// L3 twice).
     fn im2col_gemm(&self, src: &[f32], dst: &mut [f32], h: usize, w: usize, oh: usize, ow: usize) {
         let (kh, kw) = self.kernel;
         let groups = self.geometry.groups;
@@ -285,58 +307,96 @@ impl FusedConv2d {
         let k = cin_g * kh * kw;
         let plane = oh * ow;
         let layout = PhaseLayout::new(&self.geometry, h, w);
-        let mut cols = Vec::with_capacity(k * plane);
+        // At least 128 columns per GEMM (each call repacks the weights), else what fits in L2.
+        let rows = (L2_BLOCK_FLOATS / (k * ow))
+            .max(128usize.div_ceil(ow))
+            .clamp(1, oh);
+        let mut cols = Vec::with_capacity(k * rows * ow);
         // Zero once: every channel fills the same plane positions, so the padding stays zero.
         let mut phases = vec![0f32; cin_g * layout.len];
         for g in 0..groups {
-            for ci in 0..cin_g {
-                let channel = &src[(g * cin_g + ci) * h * w..][..h * w];
-                let planes = &mut phases[ci * layout.len..][..layout.len];
+            let channels = src[g * cin_g * h * w..(g + 1) * cin_g * h * w].chunks_exact(h * w);
+            for (channel, planes) in channels.zip(phases.chunks_exact_mut(layout.len)) {
                 layout.fill(channel, planes);
-                // Column-matrix row `(ci, ky, kx)`, column `(oy, ox)`, appended in that order.
-                for ky in 0..kh {
-                    for kx in 0..kw {
-                        let start = layout.tap_start(ky, kx);
-                        for oy in 0..oh {
-                            cols.extend_from_slice(&planes[start + oy * layout.wp..][..ow]);
-                        }
-                    }
-                }
             }
             let weight = &self.weight[g * cout_g * k..(g + 1) * cout_g * k];
             let out = &mut dst[g * cout_g * plane..(g + 1) * cout_g * plane];
-            self.gemm_epilogue(g * cout_g, cout_g, weight, &cols, out, false);
-            cols.clear();
+            let epilogues: Vec<Epilogue> = (g * cout_g..(g + 1) * cout_g)
+                .map(|c| self.activation.epilogue(c, self.bias[c]))
+                .collect();
+            for oy0 in (0..oh).step_by(rows) {
+                let block_rows = rows.min(oh - oy0);
+                let nb = block_rows * ow;
+                // Column-matrix row `(ci, ky, kx)`, column `(oy, ox)`, appended in that order.
+                cols.clear();
+                for planes in phases.chunks_exact(layout.len) {
+                    for ky in 0..kh {
+                        for kx in 0..kw {
+                            let start = layout.tap_start(ky, kx) + oy0 * layout.wp;
+                            for oy in 0..block_rows {
+                                cols.extend_from_slice(&planes[start + oy * layout.wp..][..ow]);
+                            }
+                        }
+                    }
+                }
+                let block = &mut out[oy0 * ow..];
+                gemm_row_major(cout_g, nb, k, (nb, plane), weight, &cols, block, false);
+                for (row, &epilogue) in block.chunks_mut(plane).zip(&epilogues) {
+                    apply_epilogue(epilogue, &mut row[..nb]);
+                }
+            }
         }
     }
 
-    /// Depthwise convolution with bias and activation, one channel at a time.
+    /// Depthwise or [`Kernel::Direct`] convolution with bias and activation, one output channel
+    /// at a time, appended to `out`.
     ///
-    /// Each channel is first copied into zero-padded *phase planes* ([`PhaseLayout`]), where
-    /// every tap reads one contiguous run with no bounds tests, whatever the stride and padding.
-    /// Output rows are computed `wp` (the plane width) apart as one flat run; the `wp - ow`
-    /// extra values after each row are dropped when the run is appended to `out`, channel after
-    /// channel. The run is rounded up
-    /// to whole [`DEPTHWISE_LANES`] groups, read from zeros after the planes, so the kernel has
-    /// no scalar tail.
-    fn depthwise(&self, src: &[f32], out: &mut Vec<f32>, h: usize, w: usize, oh: usize, ow: usize) {
+    /// The input channels an output reads are first copied into zero-padded *phase planes*
+    /// ([`PhaseLayout`]), where every tap reads one contiguous run with no bounds tests, whatever
+    /// the stride and padding: one channel at a time for a depthwise layer, all of them once for
+    /// a direct one (whose taps then run over every input channel). Output rows are computed
+    /// `wp` (the plane width) apart as one flat run; the `wp - ow` extra values after each row
+    /// are dropped when the run is appended to `out`. The run is rounded up to whole
+    /// [`DEPTHWISE_LANES`] groups, read from zeros after the planes, so the kernel has no scalar
+    /// tail.
+    fn shifted_planes(
+        &self,
+        src: &[f32],
+        out: &mut Vec<f32>,
+        h: usize,
+        w: usize,
+        oh: usize,
+        ow: usize,
+    ) {
         let (kh, kw) = self.kernel;
         let layout = PhaseLayout::new(&self.geometry, h, w);
         let run_len = ((oh - 1) * layout.wp + ow).next_multiple_of(DEPTHWISE_LANES);
-        let starts: Vec<usize> = (0..kh)
-            .flat_map(|ky| (0..kw).map(move |kx| (ky, kx)))
-            .map(|(ky, kx)| layout.tap_start(ky, kx))
+        let depthwise = self.kind == Kernel::Depthwise;
+        // Planes of one channel (depthwise) or of every input channel, one after the other.
+        let planes = if depthwise { 1 } else { self.in_channels };
+        let starts: Vec<usize> = (0..planes)
+            .flat_map(|c| (0..kh).flat_map(move |ky| (0..kw).map(move |kx| (c, ky, kx))))
+            .map(|(c, ky, kx)| c * layout.len + layout.tap_start(ky, kx))
             .collect();
         let kernel = depthwise_kernel();
         // `scratch` holds the phase planes, the zeros the rounded-up run reads past them, then
         // the output run. Every channel writes the same plane positions, so the padding written
         // as zeros when `scratch` is made stays zero.
-        let phases_len = layout.len + DEPTHWISE_LANES;
+        let phases_len = planes * layout.len + DEPTHWISE_LANES;
         let mut scratch = vec![0f32; phases_len + run_len];
         let (phases, run) = scratch.split_at_mut(phases_len);
-        for (c, channel) in src.chunks_exact(h * w).enumerate() {
-            layout.fill(channel, phases);
-            let taps = &self.weight[c * kh * kw..(c + 1) * kh * kw];
+        if !depthwise {
+            let channels = src.chunks_exact(h * w);
+            for (channel, planes) in channels.zip(phases.chunks_exact_mut(layout.len)) {
+                layout.fill(channel, planes);
+            }
+        }
+        let taps_per_output = starts.len();
+        for c in 0..self.out_channels {
+            if depthwise {
+                layout.fill(&src[c * h * w..(c + 1) * h * w], phases);
+            }
+            let taps = &self.weight[c * taps_per_output..(c + 1) * taps_per_output];
             let epilogue = self.activation.epilogue(c, self.bias[c]);
             kernel(taps, &starts, phases, epilogue, run);
             for row in run.chunks(layout.wp).take(oh) {
@@ -540,6 +600,7 @@ fn depthwise_run<M: MulAdd>(
     match taps.len() {
         9 => depthwise_taps::<M, 9>(taps, starts, phases, epilogue, run),
         25 => depthwise_taps::<M, 25>(taps, starts, phases, epilogue, run),
+        27 => depthwise_taps::<M, 27>(taps, starts, phases, epilogue, run),
         _ => {
             run.fill(epilogue.bias);
             for (&tap, &start) in taps.iter().zip(starts) {
@@ -609,21 +670,21 @@ fn depthwise_taps<M: MulAdd, const K: usize>(
 }
 
 /// `dst[m x n] = lhs[m x k] * rhs[k x n]` (`+=` with `accumulate`), row-major; `lhs` is
-/// contiguous, rows of `rhs` and `dst` are `row_stride` apart.
+/// contiguous, rows of `rhs` and of `dst` are `rhs_stride` and `dst_stride` apart.
 #[allow(clippy::too_many_arguments)]
 fn gemm_row_major(
     m: usize,
     n: usize,
     k: usize,
-    row_stride: usize,
+    (rhs_stride, dst_stride): (usize, usize),
     lhs: &[f32],
     rhs: &[f32],
     dst: &mut [f32],
     accumulate: bool,
 ) {
-    assert!(m > 0 && k > 0 && n <= row_stride);
+    assert!(m > 0 && k > 0 && n <= rhs_stride && n <= dst_stride);
     assert!(lhs.len() >= m * k);
-    assert!(rhs.len() >= (k - 1) * row_stride + n && dst.len() >= (m - 1) * row_stride + n);
+    assert!(rhs.len() >= (k - 1) * rhs_stride + n && dst.len() >= (m - 1) * dst_stride + n);
     // SAFETY: the slices are at least as long as the strides below address (checked above).
     unsafe {
         gemm::gemm(
@@ -632,14 +693,14 @@ fn gemm_row_major(
             k,
             dst.as_mut_ptr(),
             1,
-            row_stride as isize,
+            dst_stride as isize,
             accumulate,
             lhs.as_ptr(),
             1,
             k as isize,
             rhs.as_ptr(),
             1,
-            row_stride as isize,
+            rhs_stride as isize,
             if accumulate { 1.0 } else { 0.0 },
             1.0,
             false,
@@ -660,7 +721,11 @@ impl CustomOp1 for FusedConv2d {
         if c != self.in_channels {
             candle_core::bail!("conv expects {} input channels, got {c}", self.in_channels);
         }
+        let start = profile::is_recording().then(std::time::Instant::now);
         let (out, oh, ow) = self.run(contiguous_f32(storage, layout)?, n, h, w, None)?;
+        if let Some(start) = start {
+            profile::record(self, n, (h, w), (oh, ow), start.elapsed());
+        }
         Ok((
             CpuStorage::F32(out),
             Shape::from((n, self.out_channels, oh, ow)),
@@ -723,8 +788,81 @@ impl CustomOp2 for WithShortcut<'_> {
             contiguous_f32(input, input_layout)?,
             contiguous_f32(shortcut, shortcut_layout)?,
         );
+        let start = profile::is_recording().then(std::time::Instant::now);
         let (out, _, _) = conv.run(input, n, h, w, Some(shortcut))?;
+        if let Some(start) = start {
+            profile::record(conv, n, (h, w), (oh, ow), start.elapsed());
+        }
         Ok((CpuStorage::F32(out), out_shape))
+    }
+}
+
+/// Per-layer times of the convolutions run on this thread, for `liveness bench --layers`.
+/// Off unless [`profile::start`] was called: then each layer costs one thread-local check.
+pub mod profile {
+    use std::cell::RefCell;
+    use std::time::Duration;
+
+    use super::{FusedConv2d, Kernel};
+
+    /// One convolution as it ran.
+    #[derive(Debug, Clone)]
+    pub struct LayerTime {
+        /// Kind, channels, stride and input size, e.g. `pointwise 16->96 112x112`.
+        pub layer: String,
+        /// Multiply-adds times two.
+        pub flops: f64,
+        pub elapsed: Duration,
+    }
+
+    thread_local! {
+        static RECORDS: RefCell<Option<Vec<LayerTime>>> = const { RefCell::new(None) };
+    }
+
+    /// Starts recording on this thread (dropping anything recorded before).
+    pub fn start() {
+        RECORDS.with(|r| *r.borrow_mut() = Some(Vec::new()));
+    }
+
+    /// Stops recording and returns the layers in the order they ran.
+    pub fn finish() -> Vec<LayerTime> {
+        RECORDS.with(|r| r.borrow_mut().take()).unwrap_or_default()
+    }
+
+    pub(super) fn is_recording() -> bool {
+        RECORDS.with(|r| r.borrow().is_some())
+    }
+
+    pub(super) fn record(
+        conv: &FusedConv2d,
+        n: usize,
+        (h, w): (usize, usize),
+        (oh, ow): (usize, usize),
+        elapsed: Duration,
+    ) {
+        let (kh, kw) = conv.kernel;
+        let (cin, cout, s) = (conv.in_channels, conv.out_channels, conv.geometry.stride);
+        let layer = match conv.kind {
+            Kernel::Pointwise => format!("pointwise {cin}->{cout} {h}x{w}"),
+            Kernel::Depthwise => format!("depthwise {kh}x{kw}/{s} {cin} {h}x{w}"),
+            Kernel::Direct => format!("direct {kh}x{kw}/{s} {cin}->{cout} {h}x{w}"),
+            Kernel::Im2col if conv.geometry.groups > 1 => format!(
+                "conv {kh}x{kw}/{s} {cin}->{cout} g{} {h}x{w}",
+                conv.geometry.groups
+            ),
+            Kernel::Im2col => format!("conv {kh}x{kw}/{s} {cin}->{cout} {h}x{w}"),
+        };
+        let per_output = (cin / conv.geometry.groups * kh * kw) as f64;
+        let flops = 2.0 * per_output * (n * cout * oh * ow) as f64;
+        RECORDS.with(|r| {
+            if let Some(records) = r.borrow_mut().as_mut() {
+                records.push(LayerTime {
+                    layer,
+                    flops,
+                    elapsed,
+                });
+            }
+        });
     }
 }
 
@@ -856,6 +994,26 @@ mod tests {
         let relu = FusedConv2d::new(&w, Some(&b), g, Activation::Relu)?;
         assert!(relu.forward_with_shortcut(&x, &shortcut).is_err());
         assert!(conv.forward_with_shortcut(&x, &x).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn profile_records_each_layer_only_while_on() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 1.0, (1, 4, 6, 6), &dev)?;
+        let w = Tensor::randn(0f32, 1.0, (4, 1, 3, 3), &dev)?;
+        let conv = FusedConv2d::new(&w, None, ConvGeometry::new(2, 1, 4), Activation::Relu)?;
+        conv.forward(&x)?;
+        assert!(profile::finish().is_empty());
+        profile::start();
+        conv.forward(&x)?;
+        let layers = profile::finish();
+        assert_eq!(layers.len(), 1);
+        assert_eq!(layers[0].layer, "depthwise 3x3/2 4 6x6");
+        // 4 channels x 3x3 outputs x 9 taps, times 2.
+        assert_eq!(layers[0].flops, 648.0);
+        conv.forward(&x)?;
+        assert!(profile::finish().is_empty());
         Ok(())
     }
 
