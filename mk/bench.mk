@@ -3,6 +3,8 @@
 # only in the pinned venv (tools/requirements-bench.txt, installed here on demand), never in the
 # service.
 #   BENCH_PEER_ARGS="--rounds 9 --iterations 30"   more samples
+#   BENCH_PEER_ARGS="--ort-layers RetinaFace"       onnxruntime's per-node profile of one network,
+#                                                   beside `liveness bench --layers`
 BENCH_PEER_ARGS ?=
 
 $(VENV)/.bench-stamp: tools/requirements-bench.txt $(VENV)/.stamp

@@ -13,6 +13,9 @@ built by tools/mask_to_onnx.py; converted graphs are cached in $BENCH_PEER_DIR (
 
     python tools/bench_peer.py [--liveness target/release/liveness] [--rounds 5] [--iterations 20]
 
+With --ort-layers NAME it prints onnxruntime's own per-node profile of one network (median per
+node over --iterations runs), to set beside `liveness bench --layers`.
+
 With --pipeline it times whole processes instead: tools/reference_pipeline.py (onnxruntime
 RetinaFace at long side 640 + MiniFASNetV2 + V1SE, no gate: ../shared/reference/timing.md row
 (b)) and `liveness check` (gate and all three anti-spoof networks) with 1 and 2 threads, each
@@ -144,13 +147,49 @@ def bench_pipelines(args):
         print(f"| {name} | {med:.2f} ({min(values):.2f}) | {med / len(photos) * 1e3:.1f} | {med / reference:.2f} |")
 
 
+def ort_layers(args):
+    import json
+    cache = os.environ.get("BENCH_PEER_DIR", os.path.join(ROOT, "target/bench-peer"))
+    convert(cache)
+    matches = [n for n in networks(cache) if n[0].startswith(args.ort_layers)]
+    if not matches:
+        sys.exit(f"no network named {args.ort_layers!r}; names: {[n[0] for n in networks(cache)]}")
+    name, path, shape, lo, hi = matches[0]
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    opts.enable_profiling = True
+    opts.profile_file_prefix = os.path.join(cache, "ort-profile")
+    sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+    feed = {sess.get_inputs()[0].name: np.random.default_rng(0).uniform(lo, hi, shape).astype(np.float32)}
+    for _ in range(args.iterations + 1):
+        sess.run(None, feed)
+    profile = sess.end_profiling()
+    nodes = {}
+    for event in json.load(open(profile)):
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+            nodes.setdefault(event["name"][: -len("_kernel_time")], []).append(event["dur"] / 1e3)
+    os.remove(profile)
+    print(f"{name}: onnxruntime {ort.__version__}, 1 thread, median of {args.iterations} runs per node (ms)")
+    total = 0.0
+    for node, times in nodes.items():
+        med = statistics.median(times[1:] or times)
+        total += med
+        print(f"  {node:<50} {med:8.3f}")
+    print(f"  total {total:.2f} ms")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--liveness", default=os.path.join(ROOT, "target/release/liveness"))
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--iterations", type=int, default=20)
     ap.add_argument("--pipeline", action="store_true", help="whole processes over the dev photos")
+    ap.add_argument("--ort-layers", metavar="NAME", help="onnxruntime's per-node profile of one network")
     args = ap.parse_args()
+    if args.ort_layers:
+        ort_layers(args)
+        return
     if args.pipeline:
         bench_pipelines(args)
         return
