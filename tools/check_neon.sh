@@ -46,13 +46,14 @@ check() {
 v4s='v[0-9]+\.4s'
 # Depthwise: 3x3 and 5x5 taps unrolled, two 4-lane accumulators per 8 outputs, so at least
 # (9 + 25) x 2 vector FMAs, and the activation as 4-lane compares.
-depthwise=$(first_defined 'liveness::nn::conv::depthwise_run')
+depthwise=$(first_defined 'liveness::nn::conv::depthwise_portable' 'liveness::nn::conv::depthwise_run')
 check "$depthwise" "fmla[[:space:]]+${v4s}" 68 'vector FMAs (fmla .4s)'
 check "$depthwise" "fcm(lt|gt)[[:space:]]+${v4s}" 2 'vector compares (fcmlt/fcmgt .4s)'
 # GEMM epilogue (bias, leaky/PReLU slope, clamp) as 4-lane compares and selects: inside the
 # portable register-tiled GEMM kernel where there is one, else in the epilogue pass after
 # the `gemm` crate's multiply.
-epilogue=$(first_defined 'liveness::nn::conv::gemm_portable' 'liveness::nn::conv::FusedConv2d::gemm_epilogue')
+epilogue=$(first_defined 'liveness::nn::conv::gemm_portable' 'liveness::nn::conv::apply_epilogue' \
+    'liveness::nn::conv::FusedConv2d::gemm_epilogue')
 check "$epilogue" "fcm(lt|gt)[[:space:]]+${v4s}" 2 'vector compares (fcmlt/fcmgt .4s)'
 check "$epilogue" "(bit|bif|bsl)[[:space:]]+v[0-9]+\.16b" 2 'vector selects (bit/bif/bsl)'
 if [ "$epilogue" = 'liveness::nn::conv::gemm_portable' ]; then

@@ -498,7 +498,9 @@ impl PhaseLayout {
     }
 }
 
-/// Applies `epilogue` to `values`, with AVX2 where the CPU has it.
+/// Applies `epilogue` to `values`, with AVX2 where the CPU has it. Never inlined, so that it
+/// keeps a symbol `tools/check_neon.sh` can inspect on aarch64.
+#[inline(never)]
 fn apply_epilogue(epilogue: Epilogue, values: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if is_x86_feature_detected!("avx2") {
@@ -536,7 +538,20 @@ fn depthwise_kernel() -> DepthwiseKernel {
             unsafe { depthwise_avx2(taps, starts, phases, epilogue, run) }
         };
     }
-    depthwise_run::<PortableMulAdd>
+    depthwise_portable
+}
+
+/// [`depthwise_run`] on CPUs without a dedicated build (aarch64: NEON by auto-vectorisation).
+/// Never inlined, so that it keeps a symbol `tools/check_neon.sh` can inspect.
+#[inline(never)]
+fn depthwise_portable(
+    taps: &[f32],
+    starts: &[usize],
+    phases: &[f32],
+    epilogue: Epilogue,
+    run: &mut [f32],
+) {
+    depthwise_run::<PortableMulAdd>(taps, starts, phases, epilogue, run)
 }
 
 /// [`depthwise_run`] compiled for AVX2 + FMA (8 lanes, fused multiply-add).
@@ -954,7 +969,7 @@ mod tests {
     #[test]
     fn depthwise_kernels_agree() {
         let phases: Vec<f32> = (0..200).map(|i| ((i * 37) % 23) as f32 - 11.0).collect();
-        for k in [4, 9, 25] {
+        for k in [4, 9, 25, 27] {
             let taps: Vec<f32> = (0..k).map(|t| 0.25 * t as f32 - 1.0).collect();
             let starts: Vec<usize> = (0..k).map(|t| (t * 7) % 40).collect();
             let epilogue = Activation::LeakyRelu(0.1).epilogue(0, 0.5);

@@ -6,14 +6,20 @@
 
 pub mod conv;
 
-/// Caps the thread pools of rayon and candle (element-wise ops) at `n` threads by setting
-/// `RAYON_NUM_THREADS` when the caller has not set it. The kernels here are single-threaded; the
-/// pipeline uses a second thread to run the gate beside the anti-spoof networks.
+/// Sizes the thread pools at start-up, unless the caller set them: rayon's at `n` threads
+/// (`RAYON_NUM_THREADS`; the pipeline uses a second thread to run the gate beside the
+/// anti-spoof networks) and candle's own element-wise pool at 1 (`CANDLE_NUM_THREADS`). The
+/// kernels here are single-threaded, and candle's ops on our tensor sizes are too small to
+/// share: with a second candle worker, that worker spins after every op and takes the CPU the
+/// pipeline's second thread needs.
 ///
 /// Call at the very start of `main`, before any other thread exists: changing the environment
 /// while other threads may read it is a data race.
 pub fn limit_thread_pools_at_startup(n: usize) {
     if std::env::var_os("RAYON_NUM_THREADS").is_none() {
         std::env::set_var("RAYON_NUM_THREADS", n.max(1).to_string());
+    }
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
     }
 }
