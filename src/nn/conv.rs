@@ -93,17 +93,8 @@ impl ConvGeometry {
 enum Kernel {
     Pointwise,
     Depthwise,
-    /// Few input taps per output and few outputs (a network's first layer on RGB): summed from
-    /// shifted planes like the depthwise kernel, with no im2col copy and no narrow GEMM.
-    Direct,
     Im2col,
 }
-
-/// Largest `Cin * KH * KW` and `Cout` a dense layer may have to use [`Kernel::Direct`]
-/// (`liveness bench --layers`: RetinaFace's 3->8 3x3/2 first layer ran at 18 GFLOP/s through
-/// im2col and a GEMM with 8 rows).
-const DIRECT_MAX_TAPS: usize = 27;
-const DIRECT_MAX_OUT_CHANNELS: usize = 16;
 
 /// A convolution layer with its bias and activation, ready to run.
 #[derive(Debug, Clone)]
@@ -161,11 +152,6 @@ impl FusedConv2d {
                 && geometry.padding == [0; 4]
             {
                 Kernel::Pointwise
-            } else if geometry.groups == 1
-                && in_channels * kh * kw <= DIRECT_MAX_TAPS
-                && out_channels <= DIRECT_MAX_OUT_CHANNELS
-            {
-                Kernel::Direct
             } else {
                 Kernel::Im2col
             };
@@ -229,11 +215,11 @@ impl FusedConv2d {
         let in_plane = self.in_channels * h * w;
         let out_plane = self.out_channels * oh * ow;
         let inputs = input.chunks_exact(in_plane).take(n);
-        if matches!(self.kind, Kernel::Depthwise | Kernel::Direct) && shortcut.is_none() {
+        if self.kind == Kernel::Depthwise && shortcut.is_none() {
             // Written in order, so the output is appended to, never zeroed first.
             let mut out = Vec::with_capacity(n * out_plane);
             for src in inputs {
-                self.shifted_planes(src, &mut out, h, w, oh, ow);
+                self.depthwise(src, &mut out, h, w, oh, ow);
             }
             return Ok((out, oh, ow));
         }
@@ -253,9 +239,7 @@ impl FusedConv2d {
                     self.gemm_epilogue(0, self.out_channels, &self.weight, src, dst, accumulate)
                 }
                 Kernel::Im2col => self.im2col_gemm(src, dst, h, w, oh, ow),
-                Kernel::Depthwise | Kernel::Direct => {
-                    candle_core::bail!("no shortcut for a {:?} layer", self.kind)
-                }
+                Kernel::Depthwise => candle_core::bail!("no shortcut for a depthwise layer"),
             }
         }
         Ok((out, oh, ow))
@@ -294,7 +278,7 @@ impl FusedConv2d {
     }
 
     /// General convolution: per group, the input channels go into phase planes (see
-    /// [`Self::shifted_planes`]); then, block of output rows by block, im2col copies one
+    /// [`Self::depthwise`]); then, block of output rows by block, im2col copies one
     /// contiguous run per output row and tap from them, and a GEMM with fused epilogue produces
     /// those columns of the group's output channels. Blocks keep the column matrix within L2
     /// (a whole-plane column matrix, 2.7 MB for RetinaFace's 64->64 3x3 layers, went through
@@ -348,55 +332,32 @@ impl FusedConv2d {
         }
     }
 
-    /// Depthwise or [`Kernel::Direct`] convolution with bias and activation, one output channel
-    /// at a time, appended to `out`.
+    /// Depthwise convolution with bias and activation, one channel at a time, appended to `out`.
     ///
-    /// The input channels an output reads are first copied into zero-padded *phase planes*
-    /// ([`PhaseLayout`]), where every tap reads one contiguous run with no bounds tests, whatever
-    /// the stride and padding: one channel at a time for a depthwise layer, all of them once for
-    /// a direct one (whose taps then run over every input channel). Output rows are computed
-    /// `wp` (the plane width) apart as one flat run; the `wp - ow` extra values after each row
-    /// are dropped when the run is appended to `out`. The run is rounded up to whole
-    /// [`DEPTHWISE_LANES`] groups, read from zeros after the planes, so the kernel has no scalar
-    /// tail.
-    fn shifted_planes(
-        &self,
-        src: &[f32],
-        out: &mut Vec<f32>,
-        h: usize,
-        w: usize,
-        oh: usize,
-        ow: usize,
-    ) {
+    /// Each channel is first copied into zero-padded *phase planes* ([`PhaseLayout`]), where
+    /// every tap reads one contiguous run with no bounds tests, whatever the stride and padding.
+    /// Output rows are computed `wp` (the plane width) apart as one flat run; the `wp - ow`
+    /// extra values after each row are dropped when the run is appended to `out`. The run is
+    /// rounded up to whole [`DEPTHWISE_LANES`] groups, read from zeros after the planes, so the
+    /// kernel has no scalar tail.
+    fn depthwise(&self, src: &[f32], out: &mut Vec<f32>, h: usize, w: usize, oh: usize, ow: usize) {
         let (kh, kw) = self.kernel;
         let layout = PhaseLayout::new(&self.geometry, h, w);
         let run_len = ((oh - 1) * layout.wp + ow).next_multiple_of(DEPTHWISE_LANES);
-        let depthwise = self.kind == Kernel::Depthwise;
-        // Planes of one channel (depthwise) or of every input channel, one after the other.
-        let planes = if depthwise { 1 } else { self.in_channels };
-        let starts: Vec<usize> = (0..planes)
-            .flat_map(|c| (0..kh).flat_map(move |ky| (0..kw).map(move |kx| (c, ky, kx))))
-            .map(|(c, ky, kx)| c * layout.len + layout.tap_start(ky, kx))
+        let starts: Vec<usize> = (0..kh)
+            .flat_map(|ky| (0..kw).map(move |kx| (ky, kx)))
+            .map(|(ky, kx)| layout.tap_start(ky, kx))
             .collect();
         let kernel = depthwise_kernel();
         // `scratch` holds the phase planes, the zeros the rounded-up run reads past them, then
         // the output run. Every channel writes the same plane positions, so the padding written
         // as zeros when `scratch` is made stays zero.
-        let phases_len = planes * layout.len + DEPTHWISE_LANES;
+        let phases_len = layout.len + DEPTHWISE_LANES;
         let mut scratch = vec![0f32; phases_len + run_len];
         let (phases, run) = scratch.split_at_mut(phases_len);
-        if !depthwise {
-            let channels = src.chunks_exact(h * w);
-            for (channel, planes) in channels.zip(phases.chunks_exact_mut(layout.len)) {
-                layout.fill(channel, planes);
-            }
-        }
-        let taps_per_output = starts.len();
-        for c in 0..self.out_channels {
-            if depthwise {
-                layout.fill(&src[c * h * w..(c + 1) * h * w], phases);
-            }
-            let taps = &self.weight[c * taps_per_output..(c + 1) * taps_per_output];
+        for (c, channel) in src.chunks_exact(h * w).enumerate() {
+            layout.fill(channel, phases);
+            let taps = &self.weight[c * kh * kw..(c + 1) * kh * kw];
             let epilogue = self.activation.epilogue(c, self.bias[c]);
             kernel(taps, &starts, phases, epilogue, run);
             for row in run.chunks(layout.wp).take(oh) {
@@ -615,7 +576,6 @@ fn depthwise_run<M: MulAdd>(
     match taps.len() {
         9 => depthwise_taps::<M, 9>(taps, starts, phases, epilogue, run),
         25 => depthwise_taps::<M, 25>(taps, starts, phases, epilogue, run),
-        27 => depthwise_taps::<M, 27>(taps, starts, phases, epilogue, run),
         _ => {
             run.fill(epilogue.bias);
             for (&tap, &start) in taps.iter().zip(starts) {
@@ -860,7 +820,6 @@ pub mod profile {
         let layer = match conv.kind {
             Kernel::Pointwise => format!("pointwise {cin}->{cout} {h}x{w}"),
             Kernel::Depthwise => format!("depthwise {kh}x{kw}/{s} {cin} {h}x{w}"),
-            Kernel::Direct => format!("direct {kh}x{kw}/{s} {cin}->{cout} {h}x{w}"),
             Kernel::Im2col if conv.geometry.groups > 1 => format!(
                 "conv {kh}x{kw}/{s} {cin}->{cout} g{} {h}x{w}",
                 conv.geometry.groups
@@ -969,7 +928,7 @@ mod tests {
     #[test]
     fn depthwise_kernels_agree() {
         let phases: Vec<f32> = (0..200).map(|i| ((i * 37) % 23) as f32 - 11.0).collect();
-        for k in [4, 9, 25, 27] {
+        for k in [4, 9, 25] {
             let taps: Vec<f32> = (0..k).map(|t| 0.25 * t as f32 - 1.0).collect();
             let starts: Vec<usize> = (0..k).map(|t| (t * 7) % 40).collect();
             let epilogue = Activation::LeakyRelu(0.1).epilogue(0, 0.5);
