@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use api_support::*;
 use base64::Engine;
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::{Request, Response};
 use liveness::api::auth::StaticSource;
@@ -167,40 +167,19 @@ async fn runtime_route(
     let path = req.uri().path().to_owned();
     if path == "/2018-06-01/runtime/invocation/next" {
         let Some((id, event)) = queue.lock().await.recv().await else {
-            return Response::builder()
-                .status(500)
-                .body(Full::default())
-                .unwrap();
+            return empty_response(500);
         };
         return next_invocation(&id, &event, true);
     }
-    let parts: Vec<&str> = path
-        .trim_start_matches("/2018-06-01/runtime/invocation/")
-        .split('/')
-        .collect();
-    let body = req
-        .into_body()
-        .collect()
-        .await
-        .map(|c| c.to_bytes())
-        .unwrap_or_default();
-    if let [id, kind @ ("response" | "error")] = parts[..] {
-        let mut value: Value = serde_json::from_slice(&body).unwrap_or(json!({"unparsable": true}));
-        if kind == "error" {
-            value = json!({"invocationError": value});
+    match posted_result(req).await {
+        Some((id, value)) => {
+            if let Some(tx) = waiting.lock().unwrap().remove(&id) {
+                let _ = tx.send(value);
+            }
+            empty_response(202)
         }
-        if let Some(tx) = waiting.lock().unwrap().remove(id) {
-            let _ = tx.send(value);
-        }
-        return Response::builder()
-            .status(202)
-            .body(Full::default())
-            .unwrap();
+        None => empty_response(404),
     }
-    Response::builder()
-        .status(404)
-        .body(Full::default())
-        .unwrap()
 }
 
 /// The `bootstrap` binary as Lambda runs it. Killed on drop.

@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use api_support::*;
 use base64::Engine;
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::{Request, Response};
 use serde_json::{json, Value};
@@ -223,34 +223,17 @@ async fn route(req: Request<Incoming>, state: Arc<RuntimeState>) -> Response<Ful
         };
         return next_invocation(&id, &event, false);
     }
-    let rest = path.trim_start_matches("/2018-06-01/runtime/invocation/");
-    let body = req
-        .into_body()
-        .collect()
-        .await
-        .map(|c| c.to_bytes())
-        .unwrap_or_default();
-    let at = Instant::now();
-    if let Some((id, kind)) = rest.split_once('/') {
-        if kind == "response" || kind == "error" {
-            let mut value: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-            if kind == "error" {
-                value = json!({ "invocationError": value });
-            }
+    match posted_result(req).await {
+        Some((id, value)) => {
+            let at = Instant::now();
             let mut waiting = state.waiting.lock().unwrap();
-            if let Some(i) = waiting.iter().position(|(w, _)| w == id) {
+            if let Some(i) = waiting.iter().position(|(w, _)| *w == id) {
                 let _ = waiting.swap_remove(i).1.send((at, value));
             }
-            return Response::builder()
-                .status(202)
-                .body(Full::default())
-                .unwrap();
+            empty_response(202)
         }
+        None => empty_response(404),
     }
-    Response::builder()
-        .status(404)
-        .body(Full::default())
-        .unwrap()
 }
 
 // ------------------------------------------------------------------ one cold start

@@ -264,3 +264,39 @@ pub fn next_invocation(
         )))
         .unwrap()
 }
+
+/// What the function posted to the Lambda Runtime API: `(id, value)` for
+/// `POST .../invocation/{id}/response` (the response JSON) or `.../{id}/error`
+/// (`{"invocationError": ...}`); `None` for any other path.
+pub async fn posted_result(
+    req: hyper::Request<hyper::body::Incoming>,
+) -> Option<(String, serde_json::Value)> {
+    use http_body_util::BodyExt;
+    let path = req.uri().path().to_owned();
+    let rest = path.strip_prefix("/2018-06-01/runtime/invocation/")?;
+    let (id, kind) = rest.split_once('/')?;
+    if kind != "response" && kind != "error" {
+        return None;
+    }
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
+    let value =
+        serde_json::from_slice(&body).unwrap_or_else(|_| serde_json::json!({ "unparsable": true }));
+    let value = match kind {
+        "error" => serde_json::json!({ "invocationError": value }),
+        _ => value,
+    };
+    Some((id.to_string(), value))
+}
+
+/// An empty response with `status` (the Runtime API's 202 for a posted result, 404 otherwise).
+pub fn empty_response(status: u16) -> hyper::Response<http_body_util::Full<hyper::body::Bytes>> {
+    hyper::Response::builder()
+        .status(status)
+        .body(http_body_util::Full::default())
+        .unwrap()
+}
