@@ -124,17 +124,17 @@ def bench_pipelines(args):
     dev = os.path.join(SHARED, "data/faces-dev")
     photos = sorted(os.path.join(dev, f) for f in os.listdir(dev) if f.startswith(("live_", "spoof_")))
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    runs = {
-        "onnxruntime reference (b), no gate": [sys.executable, os.path.join(ROOT, "tools/reference_pipeline.py")],
-        "liveness check, LIVENESS_THREADS=1": [args.liveness, "check"],
-        "liveness check, LIVENESS_THREADS=2": [args.liveness, "check"],
-    }
-    envs = {name: dict(env, LIVENESS_THREADS=name[-1]) if name.startswith("liveness") else env for name in runs}
-    times = {name: [] for name in runs}
+    # (name, command, environment): the environment is the process's, threads set explicitly.
+    runs = [("onnxruntime reference (b), no gate",
+             [sys.executable, os.path.join(ROOT, "tools/reference_pipeline.py")], env)]
+    for threads in (1, 2):
+        runs.append((f"liveness check, LIVENESS_THREADS={threads}", [args.liveness, "check"],
+                     dict(env, LIVENESS_THREADS=str(threads))))
+    times = {name: [] for name, _, _ in runs}
     load = [os.getloadavg()]
     for _ in range(args.rounds):
-        for name, cmd in runs.items():
-            times[name].append(wall_seconds(cmd + photos, envs[name]))
+        for name, cmd, run_env in runs:
+            times[name].append(wall_seconds(cmd + photos, run_env))
     load.append(os.getloadavg())
     print(f"CPU: {cpu_name()} ({os.cpu_count()} CPUs); onnxruntime {ort.__version__}, 1 intra-op thread")
     print(f"{len(photos)} photos (faces-dev live + spoof), one process each, {args.rounds} rounds alternating; "
