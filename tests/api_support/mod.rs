@@ -60,13 +60,23 @@ pub fn pipeline() -> Arc<Pipeline> {
         .clone()
 }
 
-/// A free loopback port (bound then released).
+/// A free loopback port (bound then released), never one this test process handed out before:
+/// the kernel may give a released port to the next bind, and two tests running side by side would
+/// then start their servers (e.g. two `moto_server`s) on the same port, one answering for both.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut handed_out = HANDED_OUT.lock().unwrap();
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if !handed_out.contains(&port) {
+            handed_out.push(port);
+            return port;
+        }
+    }
 }
 
 /// `Authorization: Basic ...` value.
