@@ -26,6 +26,31 @@ fn conv(vb: &VarBuilder, geometry: ConvGeometry, activation: Activation) -> Resu
     FusedConv2d::new(&weight, Some(&bias), geometry, activation)
 }
 
+/// Convolutions of one input run as one layer, their output channels stacked in order: each
+/// part is `(weights, output channels, activation)`, and the activations (ReLU, LeakyReLU or
+/// none) become one per-channel negative slope. Outputs are split again with `narrow`.
+fn stacked(
+    parts: &[(&VarBuilder, usize, Activation)],
+    geometry: ConvGeometry,
+) -> Result<FusedConv2d> {
+    let mut weights = Vec::with_capacity(parts.len());
+    let mut biases = Vec::with_capacity(parts.len());
+    let mut slopes = Vec::new();
+    for (vb, channels, activation) in parts {
+        weights.push(vb.get_unchecked("weight")?);
+        biases.push(vb.get_unchecked("bias")?);
+        let slope = match activation {
+            Activation::Identity => 1.0,
+            Activation::Relu => 0.0,
+            Activation::LeakyRelu(a) => *a,
+            other => candle_core::bail!("cannot stack a layer with {other:?}"),
+        };
+        slopes.extend(std::iter::repeat_n(slope, *channels));
+    }
+    let (weight, bias) = (Tensor::cat(&weights, 0)?, Tensor::cat(&biases, 0)?);
+    FusedConv2d::new(&weight, Some(&bias), geometry, Activation::PRelu(slopes))
+}
+
 /// A 3x3 depthwise + 1x1 pointwise pair of the MobileNetV1 backbone.
 struct DepthwiseSeparable {
     depthwise: FusedConv2d,
@@ -147,35 +172,57 @@ impl Fpn {
 
 /// Single-stage headless context module: 3x3, 5x5 and 7x7 receptive fields, concatenated.
 ///
-/// The final ReLU over the concatenation is fused into the three branch outputs.
+/// The final ReLU over the concatenation is fused into the three branch outputs. Convolutions
+/// of the same input run as one ([`stacked`]): `conv3X3` with `conv5X5_1`, then `conv5X5_2`
+/// with `conv7X7_2`.
 struct Ssh {
-    conv3x3: FusedConv2d,
-    conv5x5_1: FusedConv2d,
-    conv5x5_2: FusedConv2d,
-    conv7x7_2: FusedConv2d,
+    /// `conv3X3` (ReLU, 32 channels, a branch) and `conv5X5_1` (LeakyReLU, 16).
+    first: FusedConv2d,
+    /// `conv5X5_2` (ReLU, 16, a branch) and `conv7X7_2` (LeakyReLU, 16).
+    second: FusedConv2d,
     conv7x7_3: FusedConv2d,
 }
+
+/// Output channels of SSH's 3x3 branch and of each of its 5x5 and 7x7 branches.
+const SSH_BRANCH3: usize = 32;
+const SSH_BRANCH: usize = 16;
 
 impl Ssh {
     fn new(vb: VarBuilder) -> Result<Self> {
         let g = ConvGeometry::new(1, 1, 1);
         let leaky = Activation::LeakyRelu(LEAKY);
+        let relu = Activation::Relu;
+        let part = |name: &str| vb.pp(name);
         Ok(Self {
-            conv3x3: conv(&vb.pp("conv3X3.0"), g, Activation::Relu)?,
-            conv5x5_1: conv(&vb.pp("conv5X5_1.0"), g, leaky.clone())?,
-            conv5x5_2: conv(&vb.pp("conv5X5_2.0"), g, Activation::Relu)?,
-            conv7x7_2: conv(&vb.pp("conv7X7_2.0"), g, leaky)?,
-            conv7x7_3: conv(&vb.pp("conv7x7_3.0"), g, Activation::Relu)?,
+            first: stacked(
+                &[
+                    (&part("conv3X3.0"), SSH_BRANCH3, relu.clone()),
+                    (&part("conv5X5_1.0"), SSH_BRANCH, leaky.clone()),
+                ],
+                g,
+            )?,
+            second: stacked(
+                &[
+                    (&part("conv5X5_2.0"), SSH_BRANCH, relu.clone()),
+                    (&part("conv7X7_2.0"), SSH_BRANCH, leaky),
+                ],
+                g,
+            )?,
+            conv7x7_3: conv(&part("conv7x7_3.0"), g, relu)?,
         })
     }
 }
 
 impl Module for Ssh {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let branch3 = self.conv3x3.forward(xs)?;
-        let mid = self.conv5x5_1.forward(xs)?;
-        let branch5 = self.conv5x5_2.forward(&mid)?;
-        let branch7 = self.conv7x7_3.forward(&self.conv7x7_2.forward(&mid)?)?;
+        let first = self.first.forward(xs)?;
+        let branch3 = first.narrow(1, 0, SSH_BRANCH3)?;
+        let mid = first.narrow(1, SSH_BRANCH3, SSH_BRANCH)?;
+        let second = self.second.forward(&mid)?;
+        let branch5 = second.narrow(1, 0, SSH_BRANCH)?;
+        let branch7 = self
+            .conv7x7_3
+            .forward(&second.narrow(1, SSH_BRANCH, SSH_BRANCH)?)?;
         Tensor::cat(&[branch3, branch5, branch7], 1)
     }
 }
@@ -194,22 +241,27 @@ pub struct RetinaFace {
     backbone: Backbone,
     fpn: Fpn,
     ssh: [Ssh; 3],
-    class_head: [FusedConv2d; 3],
-    bbox_head: [FusedConv2d; 3],
-    landmark_head: [FusedConv2d; 3],
+    /// Per level, the class, box and landmark heads (1x1, linear) stacked ([`stacked`]).
+    heads: [FusedConv2d; 3],
 }
+
+/// Values per anchor of the class, box and landmark heads.
+const HEAD_WIDTHS: [usize; 3] = [2, 4, 10];
+/// Anchors per position.
+const ANCHORS: usize = 2;
 
 impl RetinaFace {
     /// Builds the network from converted weights.
     pub fn new(vb: VarBuilder) -> Result<Self> {
-        let head = |name: &str| -> Result<[FusedConv2d; 3]> {
-            let g = ConvGeometry::new(1, 0, 1);
-            let vb = vb.pp(name);
-            Ok([
-                conv(&vb.pp("0"), g, Activation::Identity)?,
-                conv(&vb.pp("1"), g, Activation::Identity)?,
-                conv(&vb.pp("2"), g, Activation::Identity)?,
-            ])
+        let heads = |level: usize| -> Result<FusedConv2d> {
+            let names = ["class_head", "bbox_head", "landmark_head"];
+            let vbs = names.map(|name| vb.pp(name).pp(level.to_string()));
+            let parts: Vec<_> = vbs
+                .iter()
+                .zip(HEAD_WIDTHS)
+                .map(|(vb, width)| (vb, ANCHORS * width, Activation::Identity))
+                .collect();
+            stacked(&parts, ConvGeometry::new(1, 0, 1))
         };
         Ok(Self {
             backbone: Backbone::new(vb.pp("fx"))?,
@@ -219,9 +271,7 @@ impl RetinaFace {
                 Ssh::new(vb.pp("ssh2"))?,
                 Ssh::new(vb.pp("ssh3"))?,
             ],
-            class_head: head("class_head")?,
-            bbox_head: head("bbox_head")?,
-            landmark_head: head("landmark_head")?,
+            heads: [heads(0)?, heads(1)?, heads(2)?],
         })
     }
 
@@ -238,10 +288,14 @@ impl RetinaFace {
             t.permute((0, 2, 3, 1))?.contiguous()?.reshape((n, (), k))
         };
         for (level, feature) in pyramid.iter().enumerate() {
-            let x = self.ssh[level].forward(feature)?;
-            conf.push(flatten(self.class_head[level].forward(&x)?, 2)?);
-            loc.push(flatten(self.bbox_head[level].forward(&x)?, 4)?);
-            landmarks.push(flatten(self.landmark_head[level].forward(&x)?, 10)?);
+            let heads = self.heads[level].forward(&self.ssh[level].forward(feature)?)?;
+            let [class, bbox, landmark] = HEAD_WIDTHS;
+            let part = |start: usize, width: usize| {
+                flatten(heads.narrow(1, ANCHORS * start, ANCHORS * width)?, width)
+            };
+            conf.push(part(0, class)?);
+            loc.push(part(class, bbox)?);
+            landmarks.push(part(class + bbox, landmark)?);
         }
         Ok(RawOutputs {
             loc: Tensor::cat(&loc, 1)?,

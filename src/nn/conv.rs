@@ -4,6 +4,7 @@
 //! - pointwise (1x1, stride 1): one GEMM, `out[Cout, HW] = W[Cout, Cin] * x[Cin, HW]`;
 //! - depthwise (one input channel per group): a direct loop summing all taps of 8 outputs in
 //!   registers, reading zero-padded phase planes ([`PhaseLayout`]) so it has no bounds tests;
+//! - dense 3x3 stride 1: Winograd F(2x2, 3x3) ([`winograd`]), 16 GEMMs over blocks of tiles;
 //! - anything else: im2col (from the same phase planes) per group, then one GEMM per group.
 //!
 //! Bias and activation are applied inside each kernel (per L2-sized column block for the GEMMs).
@@ -13,6 +14,8 @@
 //! Input must be `f32`, `NCHW`; any batch size.
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Module, Result, Shape, Tensor};
+
+mod winograd;
 
 /// The non-linearity applied after bias, fused into the convolution.
 #[derive(Debug, Clone, PartialEq)]
@@ -93,13 +96,15 @@ impl ConvGeometry {
 enum Kernel {
     Pointwise,
     Depthwise,
+    Winograd,
     Im2col,
 }
 
 /// A convolution layer with its bias and activation, ready to run.
 #[derive(Debug, Clone)]
 pub struct FusedConv2d {
-    /// `[Cout, Cin/groups, KH, KW]`, row-major.
+    /// `[Cout, Cin/groups, KH, KW]`, row-major; for [`Kernel::Winograd`], the transformed
+    /// kernels (`winograd::transform_weights`).
     weight: Vec<f32>,
     bias: Vec<f32>,
     in_channels: usize,
@@ -152,9 +157,15 @@ impl FusedConv2d {
                 && geometry.padding == [0; 4]
             {
                 Kernel::Pointwise
+            } else if (kh, kw) == (3, 3) && geometry.stride == 1 && geometry.groups == 1 {
+                Kernel::Winograd
             } else {
                 Kernel::Im2col
             };
+        let weight = match kind {
+            Kernel::Winograd => winograd::transform_weights(&weight, out_channels, in_channels),
+            _ => weight,
+        };
         Ok(Self {
             weight,
             bias,
@@ -239,6 +250,20 @@ impl FusedConv2d {
                     self.gemm_epilogue(0, self.out_channels, &self.weight, src, dst, accumulate)
                 }
                 Kernel::Im2col => self.im2col_gemm(src, dst, h, w, oh, ow),
+                Kernel::Winograd => {
+                    let epilogues: Vec<Epilogue> = (0..self.out_channels)
+                        .map(|c| self.activation.epilogue(c, self.bias[c]))
+                        .collect();
+                    winograd::convolve(
+                        &self.weight,
+                        (self.in_channels, self.out_channels),
+                        src,
+                        (h, w),
+                        self.geometry.padding,
+                        &epilogues,
+                        dst,
+                    )
+                }
                 Kernel::Depthwise => candle_core::bail!("no shortcut for a depthwise layer"),
             }
         }
@@ -825,6 +850,7 @@ pub mod profile {
                 conv.geometry.groups
             ),
             Kernel::Im2col => format!("conv {kh}x{kw}/{s} {cin}->{cout} {h}x{w}"),
+            Kernel::Winograd => format!("winograd 3x3/1 {cin}->{cout} {h}x{w}"),
         };
         let per_output = (cin / conv.geometry.groups * kh * kw) as f64;
         let flops = 2.0 * per_output * (n * cout * oh * ow) as f64;
@@ -917,6 +943,18 @@ mod tests {
             };
             check(3, 5, 3, h + 1, w + 1, g)?;
         }
+        // Winograd (dense 3x3 stride 1): unpadded, asymmetric padding, odd and even output
+        // sizes, several blocks of tiles with the last one partial
+        for &(h, w) in &[(3, 3), (4, 7), (9, 6), (3, 5)] {
+            check(5, 6, 3, h, w, ConvGeometry::new(1, 0, 1))?;
+            let g = ConvGeometry {
+                stride: 1,
+                padding: [0, 1, 2, 1],
+                groups: 1,
+            };
+            check(5, 6, 3, h, w, g)?;
+        }
+        check(64, 16, 3, 31, 40, ConvGeometry::new(1, 1, 1))?;
         // big enough for the GEMM to run in several column blocks, the last one partial
         check(300, 200, 1, 20, 21, ConvGeometry::new(1, 0, 1))?;
         check(40, 48, 3, 20, 21, ConvGeometry::new(1, 1, 1))?;
