@@ -153,7 +153,9 @@ impl CustomOp2 for ResidualPRelu {
 struct Block {
     depthwise: FusedConv2d,
     pointwise: FusedConv2d,
-    residual: ResidualPRelu,
+    /// The add and PReLU of a block that pools or pads its shortcut. `None` for stride 1 and
+    /// equal channels: `pointwise` then carries the PReLU and adds the shortcut in its GEMM.
+    residual: Option<ResidualPRelu>,
 }
 
 impl Block {
@@ -178,28 +180,39 @@ impl Block {
             },
             Activation::Identity,
         )?;
+        let slopes = prelu_slopes(vb, act, cout)?;
+        let fused = stride == 1 && cin == cout;
+        let (activation, residual) = if fused {
+            (Activation::PRelu(slopes), None)
+        } else {
+            let pool = stride == 2;
+            (Activation::Identity, Some(ResidualPRelu { slopes, pool }))
+        };
         let pointwise = conv(
             vb,
             pw,
             (cout, cin, 1, 1),
             ConvGeometry::new(1, 0, 1),
-            Activation::Identity,
+            activation,
         )?;
         Ok(Self {
             depthwise,
             pointwise,
-            residual: ResidualPRelu {
-                slopes: prelu_slopes(vb, act, cout)?,
-                pool: stride == 2,
-            },
+            residual,
         })
     }
 }
 
 impl Module for Block {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let branch = self.pointwise.forward(&self.depthwise.forward(x)?)?;
-        branch.apply_op2_no_bwd(x, &self.residual)
+        let hidden = self.depthwise.forward(x)?;
+        match &self.residual {
+            None => self.pointwise.forward_with_shortcut(&hidden, x),
+            Some(residual) => self
+                .pointwise
+                .forward(&hidden)?
+                .apply_op2_no_bwd(x, residual),
+        }
     }
 }
 

@@ -212,8 +212,8 @@ impl FusedConv2d {
         Ok(((h + pt + pb - kh) / s + 1, (w + pl + pr - kw) / s + 1))
     }
 
-    /// Runs the layer on `n` inputs of `h x w`. With a `shortcut` (a pointwise layer without
-    /// activation only), the output starts as a copy of it and the GEMM accumulates onto it.
+    /// Runs the layer on `n` inputs of `h x w`. With a `shortcut` (a pointwise layer only), the
+    /// output starts as a copy of it and the GEMM accumulates onto it, before the activation.
     fn run(
         &self,
         input: &[f32],
@@ -744,12 +744,12 @@ impl Module for FusedConv2d {
 }
 
 impl FusedConv2d {
-    /// `conv(xs) + bias + shortcut` in one pass, for the linear 1x1 projection that closes a
+    /// `act(conv(xs) + bias + shortcut)` in one pass, for the 1x1 convolution that closes a
     /// residual block: the shortcut is copied into the output and the GEMM accumulates onto it,
-    /// instead of a separate add over a new tensor. Only for pointwise layers without activation.
+    /// instead of a separate add over a new tensor. Only for pointwise layers.
     pub fn forward_with_shortcut(&self, xs: &Tensor, shortcut: &Tensor) -> Result<Tensor> {
-        if self.kind != Kernel::Pointwise || self.activation != Activation::Identity {
-            candle_core::bail!("a shortcut is only fused into a linear pointwise convolution");
+        if self.kind != Kernel::Pointwise {
+            candle_core::bail!("a shortcut is only fused into a pointwise convolution");
         }
         xs.contiguous()?
             .apply_op2_no_bwd(&shortcut.contiguous()?, &WithShortcut(self))
@@ -1002,10 +1002,25 @@ mod tests {
             .max(0)?
             .to_scalar::<f32>()?;
         assert!(diff < 1e-4, "max diff {diff}");
-        // Only linear pointwise layers take a shortcut; the shapes must match.
+        // The activation comes after the shortcut.
         let relu = FusedConv2d::new(&w, Some(&b), g, Activation::Relu)?;
-        assert!(relu.forward_with_shortcut(&x, &shortcut).is_err());
+        let ours = relu.forward_with_shortcut(&x, &shortcut)?;
+        let want = (reference(&x, &w, &b, g)? + &shortcut)?.relu()?;
+        let diff = (ours - want)?
+            .abs()?
+            .flatten_all()?
+            .max(0)?
+            .to_scalar::<f32>()?;
+        assert!(diff < 1e-4, "max diff with ReLU {diff}");
+        // Only pointwise layers take a shortcut; the shapes must match.
         assert!(conv.forward_with_shortcut(&x, &x).is_err());
+        let depthwise = FusedConv2d::new(
+            &Tensor::randn(0f32, 1.0, (40, 1, 3, 3), &dev)?,
+            None,
+            ConvGeometry::new(1, 1, 40),
+            Activation::Identity,
+        )?;
+        assert!(depthwise.forward_with_shortcut(&x, &x).is_err());
         Ok(())
     }
 
