@@ -316,8 +316,24 @@ fn resize_area(src: &MappedView, dst_w: u32, dst_h: u32) -> Vec<u8> {
     }
     let xtaps = area_taps(src_w, dst_w);
     let ytaps = area_taps(src_h, dst_h);
+    // Each destination column's taps, consecutive in `xtaps` and over consecutive source
+    // columns: (first source column, range of `weights`).
+    let weights: Vec<f32> = xtaps.iter().map(|tap| tap.weight).collect();
+    let mut columns = vec![(0, 0..0); dst_w as usize];
+    for (i, tap) in xtaps.iter().enumerate() {
+        let (first, range) = &mut columns[tap.dst];
+        if range.start == range.end {
+            (*first, *range) = (tap.src, i..i);
+        }
+        debug_assert_eq!(tap.src, *first + range.len());
+        range.end = i + 1;
+    }
     let mut pixels = vec![0u8; src_w as usize * CN];
+    // The horizontal pass of the current source row (a row feeding two destination rows is
+    // passed once): per destination column, its taps summed in order from zero, as OpenCV
+    // accumulates them into its zeroed buffer.
     let mut buf = vec![0f32; row_len];
+    let mut buf_row = None;
     let mut sum = vec![0f32; row_len];
     let store = |dst: &mut [u8], sum: &[f32]| {
         for (o, &v) in dst.iter_mut().zip(sum) {
@@ -326,14 +342,20 @@ fn resize_area(src: &MappedView, dst_w: u32, dst_h: u32) -> Vec<u8> {
     };
     let mut current = ytaps[0].dst;
     for tap in &ytaps {
-        src.copy_row(tap.src as u32, &mut pixels);
-        buf.fill(0.0);
-        for x in &xtaps {
-            let p = &pixels[x.src * CN..x.src * CN + CN];
-            let b = &mut buf[x.dst * CN..x.dst * CN + CN];
-            b[0] += p[0] as f32 * x.weight;
-            b[1] += p[1] as f32 * x.weight;
-            b[2] += p[2] as f32 * x.weight;
+        if buf_row != Some(tap.src) {
+            src.copy_row(tap.src as u32, &mut pixels);
+            for (b, (first, range)) in buf.chunks_exact_mut(CN).zip(&columns) {
+                let mut acc = [0f32; CN];
+                let taps = &weights[range.clone()];
+                let source = pixels[first * CN..].chunks_exact(CN);
+                for (p, &weight) in source.zip(taps) {
+                    for (a, &v) in acc.iter_mut().zip(p) {
+                        *a += v as f32 * weight;
+                    }
+                }
+                b.copy_from_slice(&acc);
+            }
+            buf_row = Some(tap.src);
         }
         if tap.dst != current {
             store(&mut out[current * row_len..][..row_len], &sum);
