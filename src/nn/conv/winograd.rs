@@ -234,27 +234,15 @@ struct Padded<'a> {
     rows: usize,
 }
 
-/// `first[i] = row[2 i]`, `second[i] = row[2 i + 1]`, eight pairs at a time where possible.
+/// `first[i] = row[2 i]`, `second[i] = row[2 i + 1]`.
 fn deinterleave(row: &[f32], first: &mut [f32], second: &mut [f32]) {
-    const PAIRS: usize = 8;
-    let groups = row.chunks_exact(2 * PAIRS);
-    let rest = groups.remainder();
-    let done = row.len() / (2 * PAIRS) * PAIRS;
-    let outs = first
-        .chunks_exact_mut(PAIRS)
-        .zip(second.chunks_exact_mut(PAIRS));
-    for (values, (a, b)) in groups.zip(outs) {
-        for i in 0..PAIRS {
-            a[i] = values[2 * i];
-            b[i] = values[2 * i + 1];
-        }
+    let pairs = row.chunks_exact(2);
+    if let Some(&x) = pairs.remainder().first() {
+        first[row.len() / 2] = x;
     }
-    for (i, &value) in rest.iter().enumerate() {
-        if i % 2 == 0 {
-            first[done + i / 2] = value;
-        } else {
-            second[done + i / 2] = value;
-        }
+    for ((a, b), pair) in first.iter_mut().zip(second.iter_mut()).zip(pairs) {
+        *a = pair[0];
+        *b = pair[1];
     }
 }
 
