@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Fails unless the aarch64 build's depthwise kernel and GEMM epilogue (src/nn/conv.rs) are NEON
-# vector code rather than scalar loops. Run by `make test-arm64` on the library's test binary.
+# Fails unless the aarch64 build's depthwise kernel, Winograd transform and GEMM epilogue
+# (src/nn/conv.rs, src/nn/conv/winograd.rs) are NEON vector code rather than scalar loops. Run
+# by `make test-arm64` on the library's test binary.
 #
 #   tools/check_neon.sh AARCH64_BINARY
 #
@@ -49,6 +50,10 @@ v4s='v[0-9]+\.4s'
 depthwise=$(first_defined 'liveness::nn::conv::depthwise_portable' 'liveness::nn::conv::depthwise_run')
 check "$depthwise" "fmla[[:space:]]+${v4s}" 68 'vector FMAs (fmla .4s)'
 check "$depthwise" "fcm(lt|gt)[[:space:]]+${v4s}" 2 'vector compares (fcmlt/fcmgt .4s)'
+# Winograd input transform, eight tiles at a time: its adds and subtracts as 4-lane vectors
+# (2 x 32 per group of tiles).
+winograd=$(first_defined 'liveness::nn::conv::winograd::input_portable')
+check "$winograd" "f(add|sub)[[:space:]]+${v4s}" 32 'vector adds/subtracts (fadd/fsub .4s)'
 # GEMM epilogue (bias, leaky/PReLU slope, clamp) as 4-lane compares and selects: inside the
 # portable register-tiled GEMM kernel where there is one, else in the epilogue pass after
 # the `gemm` crate's multiply.

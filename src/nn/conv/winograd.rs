@@ -320,9 +320,22 @@ fn transforms() -> Transforms {
         };
     }
     Transforms {
-        input: input_transform,
-        output: output_transform,
+        input: input_portable,
+        output: output_portable,
     }
+}
+
+/// [`input_transform`] on CPUs without a dedicated build (aarch64: NEON by auto-vectorisation).
+/// Never inlined, so that it keeps a symbol `tools/check_neon.sh` can inspect.
+#[inline(never)]
+fn input_portable(rows: [(&[f32], &[f32]); 4], len: usize, stride: usize, out: &mut [f32]) {
+    input_transform(rows, len, stride, out)
+}
+
+/// [`output_transform`] on CPUs without a dedicated build.
+#[inline(never)]
+fn output_portable(sums: &[f32], stride: usize, len: usize, top: &mut [f32], bottom: &mut [f32]) {
+    output_transform(sums, stride, len, top, bottom)
 }
 
 /// [`input_transform`] compiled for AVX2.
