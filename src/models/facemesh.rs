@@ -15,8 +15,9 @@
 //! Weights come from `models/face_landmark_468.safetensors` (`convert-facemesh landmarks`), named
 //! after the TFLite layers: `conv2d_N.{weight,bias}` (OIHW), `depthwise_conv2d_N.{weight,bias}`
 //! (`[C,1,3,3]`), `p_re_lu_N.alpha` (`[C]`). Every convolution runs through
-//! [`FusedConv2d`]; the shortcut (max-pool, channel padding), the add and the PReLU after each
-//! block are fused into one pass ([`ResidualPRelu`]). The network runs NCHW.
+//! [`FusedConv2d`]; a stride-1 block adds its shortcut and applies its PReLU inside the pointwise
+//! convolution, a stride-2 block does the shortcut (max-pool, channel padding), the add and the
+//! PReLU in one pass ([`PooledResidualPRelu`]). The network runs NCHW.
 //!
 //! [`mesh_input`] builds the network input from a photo and a detector box, and [`RoiTransform`]
 //! maps the landmarks back to image pixels.
@@ -71,18 +72,18 @@ fn conv(
     FusedConv2d::new(&weight, Some(&bias), geometry, activation)
 }
 
-/// Add + PReLU after a residual block, with the shortcut taken from the block input: as is for
-/// stride 1, 2x2 max-pooled for stride 2; channels the shortcut lacks count as zeros (TFLite PAD
-/// on the channel axis). Inputs: `(branch [N,C,H,W], block input [N,Cs,Hs,Ws])`.
+/// Add + PReLU after a stride-2 residual block, with the shortcut taken from the block input
+/// 2x2 max-pooled; channels the shortcut lacks count as zeros (TFLite PAD on the channel axis).
+/// Inputs: `(branch [N,C,H,W], block input [N,Cs,2H,2W])`. (Stride-1 blocks add their shortcut
+/// inside the pointwise convolution instead.)
 #[derive(Debug, Clone)]
-struct ResidualPRelu {
+struct PooledResidualPRelu {
     slopes: Vec<f32>,
-    pool: bool,
 }
 
-impl CustomOp2 for ResidualPRelu {
+impl CustomOp2 for PooledResidualPRelu {
     fn name(&self) -> &'static str {
-        "facemesh-residual-prelu"
+        "facemesh-pooled-residual-prelu"
     }
 
     fn cpu_fwd(
@@ -94,8 +95,7 @@ impl CustomOp2 for ResidualPRelu {
     ) -> Result<(CpuStorage, Shape)> {
         let (n, c, h, w) = l1.shape().dims4()?;
         let (n2, cs, hs, ws) = l2.shape().dims4()?;
-        let f = if self.pool { 2 } else { 1 };
-        if n2 != n || cs > c || hs / f != h || ws / f != w || self.slopes.len() != c {
+        if n2 != n || cs > c || hs / 2 != h || ws / 2 != w || self.slopes.len() != c {
             candle_core::bail!(
                 "residual shapes do not match: {:?} and {:?}",
                 l1.shape(),
@@ -126,21 +126,15 @@ impl CustomOp2 for ResidualPRelu {
                 continue;
             }
             let short = &shortcut[(b * cs + ch) * hs * ws..][..hs * ws];
-            if self.pool {
-                for y in 0..h {
-                    let r0 = &short[2 * y * ws..][..2 * w];
-                    let r1 = &short[(2 * y + 1) * ws..][..2 * w];
-                    let row = dst[y * w..(y + 1) * w]
-                        .iter_mut()
-                        .zip(&src[y * w..(y + 1) * w])
-                        .zip(r0.chunks_exact(2).zip(r1.chunks_exact(2)));
-                    for ((d, &v), (p0, p1)) in row {
-                        *d = prelu(v + p0[0].max(p0[1]).max(p1[0].max(p1[1])), a);
-                    }
-                }
-            } else {
-                for ((d, &v), &s) in dst.iter_mut().zip(src).zip(short) {
-                    *d = prelu(v + s, a);
+            for y in 0..h {
+                let r0 = &short[2 * y * ws..][..2 * w];
+                let r1 = &short[(2 * y + 1) * ws..][..2 * w];
+                let row = dst[y * w..(y + 1) * w]
+                    .iter_mut()
+                    .zip(&src[y * w..(y + 1) * w])
+                    .zip(r0.chunks_exact(2).zip(r1.chunks_exact(2)));
+                for ((d, &v), (p0, p1)) in row {
+                    *d = prelu(v + p0[0].max(p0[1]).max(p1[0].max(p1[1])), a);
                 }
             }
         }
@@ -153,9 +147,9 @@ impl CustomOp2 for ResidualPRelu {
 struct Block {
     depthwise: FusedConv2d,
     pointwise: FusedConv2d,
-    /// The add and PReLU of a block that pools or pads its shortcut. `None` for stride 1 and
-    /// equal channels: `pointwise` then carries the PReLU and adds the shortcut in its GEMM.
-    residual: Option<ResidualPRelu>,
+    /// The add and PReLU of a stride-2 block. `None` for stride 1 (equal channels):
+    /// `pointwise` then carries the PReLU and adds the shortcut in its GEMM.
+    pooled: Option<PooledResidualPRelu>,
 }
 
 impl Block {
@@ -181,12 +175,10 @@ impl Block {
             Activation::Identity,
         )?;
         let slopes = prelu_slopes(vb, act, cout)?;
-        let fused = stride == 1 && cin == cout;
-        let (activation, residual) = if fused {
-            (Activation::PRelu(slopes), None)
-        } else {
-            let pool = stride == 2;
-            (Activation::Identity, Some(ResidualPRelu { slopes, pool }))
+        let (activation, pooled) = match (stride, cin == cout) {
+            (1, true) => (Activation::PRelu(slopes), None),
+            (2, _) => (Activation::Identity, Some(PooledResidualPRelu { slopes })),
+            _ => candle_core::bail!("no FaceMesh block has stride {stride} and {cin}->{cout}"),
         };
         let pointwise = conv(
             vb,
@@ -198,7 +190,7 @@ impl Block {
         Ok(Self {
             depthwise,
             pointwise,
-            residual,
+            pooled,
         })
     }
 }
@@ -206,12 +198,9 @@ impl Block {
 impl Module for Block {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let hidden = self.depthwise.forward(x)?;
-        match &self.residual {
+        match &self.pooled {
             None => self.pointwise.forward_with_shortcut(&hidden, x),
-            Some(residual) => self
-                .pointwise
-                .forward(&hidden)?
-                .apply_op2_no_bwd(x, residual),
+            Some(pooled) => self.pointwise.forward(&hidden)?.apply_op2_no_bwd(x, pooled),
         }
     }
 }
@@ -519,9 +508,8 @@ mod tests {
         // branch [1,2,1,1]; shortcut [1,1,2,2] pooled to 1x1, second channel padded with zero.
         let branch = Tensor::new(&[-10f32, -2.0], &dev)?.reshape((1, 2, 1, 1))?;
         let shortcut = Tensor::new(&[1f32, 4.0, -3.0, 2.0], &dev)?.reshape((1, 1, 2, 2))?;
-        let op = ResidualPRelu {
+        let op = PooledResidualPRelu {
             slopes: vec![0.5, 0.25],
-            pool: true,
         };
         let out: Vec<f32> = branch
             .apply_op2_no_bwd(&shortcut, &op)?

@@ -27,28 +27,32 @@ fn conv(vb: &VarBuilder, geometry: ConvGeometry, activation: Activation) -> Resu
 }
 
 /// Convolutions of one input run as one layer, their output channels stacked in order: each
-/// part is `(weights, output channels, activation)`, and the activations (ReLU, LeakyReLU or
-/// none) become one per-channel negative slope. Outputs are split again with `narrow`.
+/// part is `(weights, output channels, activation)`, the activations combined by
+/// [`Activation::stacked`]. Outputs are split again with `narrow`.
 fn stacked(
     parts: &[(&VarBuilder, usize, Activation)],
     geometry: ConvGeometry,
 ) -> Result<FusedConv2d> {
-    let mut weights = Vec::with_capacity(parts.len());
-    let mut biases = Vec::with_capacity(parts.len());
-    let mut slopes = Vec::new();
-    for (vb, channels, activation) in parts {
-        weights.push(vb.get_unchecked("weight")?);
-        biases.push(vb.get_unchecked("bias")?);
-        let slope = match activation {
-            Activation::Identity => 1.0,
-            Activation::Relu => 0.0,
-            Activation::LeakyRelu(a) => *a,
-            other => candle_core::bail!("cannot stack a layer with {other:?}"),
-        };
-        slopes.extend(std::iter::repeat_n(slope, *channels));
-    }
-    let (weight, bias) = (Tensor::cat(&weights, 0)?, Tensor::cat(&biases, 0)?);
-    FusedConv2d::new(&weight, Some(&bias), geometry, Activation::PRelu(slopes))
+    let tensors = |name: &str| -> Result<Vec<Tensor>> {
+        parts
+            .iter()
+            .map(|(vb, ..)| vb.get_unchecked(name))
+            .collect()
+    };
+    let (weight, bias) = (
+        Tensor::cat(&tensors("weight")?, 0)?,
+        Tensor::cat(&tensors("bias")?, 0)?,
+    );
+    let activations: Vec<(Activation, usize)> = parts
+        .iter()
+        .map(|(_, channels, activation)| (activation.clone(), *channels))
+        .collect();
+    FusedConv2d::new(
+        &weight,
+        Some(&bias),
+        geometry,
+        Activation::stacked(&activations)?,
+    )
 }
 
 /// A 3x3 depthwise + 1x1 pointwise pair of the MobileNetV1 backbone.

@@ -29,6 +29,22 @@ pub enum Activation {
 }
 
 impl Activation {
+    /// The activation of layers stacked along their output channels (`(activation, channels)`
+    /// of each, in order), as per-channel slopes. Activations with a clamp (ReLU6) do not stack.
+    pub fn stacked(parts: &[(Activation, usize)]) -> Result<Activation> {
+        let mut slopes = Vec::new();
+        for (activation, channels) in parts {
+            for channel in 0..*channels {
+                let epilogue = activation.epilogue(channel, 0.0);
+                if epilogue.max != f32::INFINITY {
+                    candle_core::bail!("cannot stack a layer with {activation:?}");
+                }
+                slopes.push(epilogue.slope);
+            }
+        }
+        Ok(Activation::PRelu(slopes))
+    }
+
     /// This activation for output channel `channel`, in the branch-free form the kernels use.
     fn epilogue(&self, channel: usize, bias: f32) -> Epilogue {
         let (slope, max) = match self {
@@ -250,24 +266,26 @@ impl FusedConv2d {
                     self.gemm_epilogue(0, self.out_channels, &self.weight, src, dst, accumulate)
                 }
                 Kernel::Im2col => self.im2col_gemm(src, dst, h, w, oh, ow),
-                Kernel::Winograd => {
-                    let epilogues: Vec<Epilogue> = (0..self.out_channels)
-                        .map(|c| self.activation.epilogue(c, self.bias[c]))
-                        .collect();
-                    winograd::convolve(
-                        &self.weight,
-                        (self.in_channels, self.out_channels),
-                        src,
-                        (h, w),
-                        self.geometry.padding,
-                        &epilogues,
-                        dst,
-                    )
-                }
+                Kernel::Winograd => winograd::convolve(
+                    &self.weight,
+                    (self.in_channels, self.out_channels),
+                    src,
+                    (h, w),
+                    self.geometry.padding,
+                    &self.epilogues(0..self.out_channels),
+                    dst,
+                ),
                 Kernel::Depthwise => candle_core::bail!("no shortcut for a depthwise layer"),
             }
         }
         Ok((out, oh, ow))
+    }
+
+    /// Bias and activation of output channels `channels`.
+    fn epilogues(&self, channels: std::ops::Range<usize>) -> Vec<Epilogue> {
+        channels
+            .map(|c| self.activation.epilogue(c, self.bias[c]))
+            .collect()
     }
 
     /// `dst = act(weight * rhs + bias)` for output channels `c0..c0 + m`: `weight` is `m x k`,
@@ -289,9 +307,7 @@ impl FusedConv2d {
         let k = weight.len() / m;
         // Repacking `weight` per block costs about 2/`block` of the multiply: keep blocks >= 128.
         let block = (L2_BLOCK_FLOATS / (m + k)).max(128) / 16 * 16;
-        let epilogues: Vec<Epilogue> = (c0..c0 + m)
-            .map(|c| self.activation.epilogue(c, self.bias[c]))
-            .collect();
+        let epilogues = self.epilogues(c0..c0 + m);
         for j0 in (0..n).step_by(block) {
             let nb = block.min(n - j0);
             let (rhs, out) = (&rhs[j0..], &mut dst[j0..]);
@@ -330,9 +346,7 @@ impl FusedConv2d {
             }
             let weight = &self.weight[g * cout_g * k..(g + 1) * cout_g * k];
             let out = &mut dst[g * cout_g * plane..(g + 1) * cout_g * plane];
-            let epilogues: Vec<Epilogue> = (g * cout_g..(g + 1) * cout_g)
-                .map(|c| self.activation.epilogue(c, self.bias[c]))
-                .collect();
+            let epilogues = self.epilogues(g * cout_g..(g + 1) * cout_g);
             for oy0 in (0..oh).step_by(rows) {
                 let block_rows = rows.min(oh - oy0);
                 let nb = block_rows * ow;
@@ -452,19 +466,7 @@ impl PhaseLayout {
                     // Input columns 2j and 2j+1 land in the phases of `pl` and `pl + 1`, in the
                     // same row of planes `(py % 2, 0)` and `(py % 2, 1)`.
                     let (p0, p1) = phases[row_start..].split_at_mut(plane_len);
-                    let (even, odd) = if pl % 2 == 0 {
-                        (&mut p0[pl / 2..], &mut p1[pl / 2..])
-                    } else {
-                        (&mut p1[pl / 2..], &mut p0[pl.div_ceil(2)..])
-                    };
-                    let pairs = row.chunks_exact(2);
-                    if let Some(&x) = pairs.remainder().first() {
-                        even[w / 2] = x;
-                    }
-                    for ((e, o), pair) in even.iter_mut().zip(odd.iter_mut()).zip(pairs) {
-                        *e = pair[0];
-                        *o = pair[1];
-                    }
+                    split_padded_columns(row, pl, p0, p1);
                 }
                 _ => {
                     for q in 0..s {
@@ -481,6 +483,26 @@ impl PhaseLayout {
                 }
             }
         }
+    }
+}
+
+/// Writes an input row into the even and odd columns of its zero-padded row, input column `x`
+/// being padded column `x + pl`: `even[i]` is padded column `2 i` and `odd[i]` column `2 i + 1`.
+/// (The stride-2 phase planes, and the Winograd tiles' column phases.)
+fn split_padded_columns(row: &[f32], pl: usize, even: &mut [f32], odd: &mut [f32]) {
+    // Input columns 2j and 2j+1 land in the phases of `pl` and `pl + 1`.
+    let (first, second) = if pl % 2 == 0 {
+        (&mut even[pl / 2..], &mut odd[pl / 2..])
+    } else {
+        (&mut odd[pl / 2..], &mut even[pl.div_ceil(2)..])
+    };
+    let pairs = row.chunks_exact(2);
+    if let Some(&x) = pairs.remainder().first() {
+        first[row.len() / 2] = x;
+    }
+    for ((a, b), pair) in first.iter_mut().zip(second.iter_mut()).zip(pairs) {
+        *a = pair[0];
+        *b = pair[1];
     }
 }
 
@@ -954,7 +976,8 @@ mod tests {
             };
             check(5, 6, 3, h, w, g)?;
         }
-        check(64, 16, 3, 31, 40, ConvGeometry::new(1, 1, 1))?;
+        // 16 x 21 tiles in blocks of 88 (the last 72), blocks starting inside tile rows
+        check(64, 16, 3, 31, 42, ConvGeometry::new(1, 1, 1))?;
         // big enough for the GEMM to run in several column blocks, the last one partial
         check(300, 200, 1, 20, 21, ConvGeometry::new(1, 0, 1))?;
         check(40, 48, 3, 20, 21, ConvGeometry::new(1, 1, 1))?;
@@ -1058,6 +1081,12 @@ mod tests {
                 .to_vec1()
         };
         assert_eq!(run(Activation::Relu)?, vec![0.0, 8.0, 2.0, 0.0]);
+        // Stacked layers: one channel each of LeakyReLU and none, as per-channel slopes.
+        let stacked =
+            Activation::stacked(&[(Activation::LeakyRelu(0.1), 1), (Activation::Identity, 1)])?;
+        assert_eq!(stacked, Activation::PRelu(vec![0.1, 1.0]));
+        assert_eq!(run(stacked)?, vec![-0.2, 8.0, 2.0, -2.0]);
+        assert!(Activation::stacked(&[(Activation::Relu6, 2)]).is_err());
         assert_eq!(run(Activation::Relu6)?, vec![0.0, 6.0, 2.0, 0.0]);
         assert_eq!(run(Activation::LeakyRelu(0.1))?, vec![-0.2, 8.0, 2.0, -0.2]);
         assert_eq!(

@@ -12,11 +12,11 @@
 
 use std::cell::RefCell;
 
-use super::{apply_epilogue, gemm_row_major, Epilogue};
+use super::{apply_epilogue, gemm_row_major, split_padded_columns, Epilogue};
 
 /// Positions of a transformed 4x4 tile: one GEMM each.
 const POSITIONS: usize = 16;
-/// Floats in a cache line: see `v_step` in [`convolve`].
+/// Floats in a cache line: see [`Plan::v_step`].
 const SKEW: usize = 16;
 /// Floats of transformed input plus GEMM output per block of tiles (512 KiB).
 const BLOCK_FLOATS: usize = 128 * 1024;
@@ -63,38 +63,19 @@ pub(super) fn convolve(
     dst: &mut [f32],
 ) {
     let [pt, pl, pb, pr] = padding;
-    let (oh, ow) = (h + pt + pb - 2, w + pl + pr - 2);
-    let tiles = Tiles::new(oh, ow);
-    let count = tiles.rows * tiles.cols;
-    // Blocks of equal size (a last block of a few tiles made for slow GEMMs).
-    let largest = (BLOCK_FLOATS / (POSITIONS * (cin + cout))).max(LANES);
-    let block = count
-        .div_ceil(count.div_ceil(largest))
-        .next_multiple_of(LANES);
-    // Position ξ's matrices start `v_step` / `m_step` apart: one cache line more than their
-    // size, as a power-of-two distance put all 16 streams of a transform in one L1 set.
-    let (v_step, m_step) = (cin * block + SKEW, cout * block + SKEW);
-    let padded_len = Padded::len(cin, &tiles);
+    let plan = Plan::new((cin, cout), (h + pt + pb - 2, w + pl + pr - 2));
+    let padded_len = Padded::len(cin, &plan.tiles);
     SCRATCH.with_borrow_mut(|scratch| {
-        let needed = padded_len + POSITIONS * (v_step + m_step);
+        let needed = padded_len + POSITIONS * (plan.v_step + plan.m_step);
         if scratch.len() < needed {
             scratch.resize(needed, 0.0);
         }
         // Only the padded input must start at zero: the GEMMs read no more of `v` than the
         // input transform wrote, and overwrite `m`.
         let (padded, rest) = scratch.split_at_mut(padded_len);
-        let (v, m) = rest.split_at_mut(POSITIONS * v_step);
-        let padded = Padded::new(padded, src, cin, (h, w), (pt, pl), &tiles);
-        let plan = Plan {
-            cin,
-            cout,
-            block,
-            v_step,
-            m_step,
-            oh,
-            ow,
-        };
-        run_blocks(&plan, u, &tiles, &padded, epilogues, (v, m), dst);
+        let (v, m) = rest.split_at_mut(POSITIONS * plan.v_step);
+        let padded = Padded::new(padded, src, cin, (h, w), (pt, pl), &plan.tiles);
+        plan.run(u, &padded, epilogues, (v, m), dst);
     });
 }
 
@@ -109,73 +90,91 @@ thread_local! {
 struct Plan {
     cin: usize,
     cout: usize,
-    /// Tiles per block.
-    block: usize,
-    v_step: usize,
-    m_step: usize,
     oh: usize,
     ow: usize,
+    tiles: Tiles,
+    /// Tiles per block.
+    block: usize,
+    /// Position ξ's transformed inputs start at `ξ * v_step` in `v`, its GEMM outputs at
+    /// `ξ * m_step` in `m`: one cache line more than their size, as a power-of-two distance
+    /// put all 16 streams of a transform in one L1 set.
+    v_step: usize,
+    m_step: usize,
 }
 
-/// [`convolve`] block of tiles by block: input transform, 16 GEMMs, output transform.
-fn run_blocks(
-    plan: &Plan,
-    u: &[f32],
-    tiles: &Tiles,
-    padded: &Padded,
-    epilogues: &[Epilogue],
-    (v, m): (&mut [f32], &mut [f32]),
-    dst: &mut [f32],
-) {
-    let Plan {
-        cin,
-        cout,
-        block,
-        v_step,
-        m_step,
-        oh,
-        ow,
-    } = *plan;
-    let count = tiles.rows * tiles.cols;
-    let kernels = transforms();
-    for t0 in (0..count).step_by(block) {
-        let nb = block.min(count - t0);
-        for c in 0..cin {
-            for run in tiles.runs(t0, nb) {
-                // Position ξ of tile j of channel c goes to v[ξ * v_step + c * block + j].
-                let out = &mut v[c * block + run.offset..];
-                let rows =
-                    std::array::from_fn(|i| padded.row(c, 2 * run.row + i, run.col, run.len));
-                (kernels.input)(rows, run.len, v_step, out);
-            }
+impl Plan {
+    fn new((cin, cout): (usize, usize), (oh, ow): (usize, usize)) -> Self {
+        let tiles = Tiles::new(oh, ow);
+        let count = tiles.rows * tiles.cols;
+        // Blocks of equal size (a last block of a few tiles made for slow GEMMs).
+        let largest = (BLOCK_FLOATS / (POSITIONS * (cin + cout))).max(LANES);
+        let block = count
+            .div_ceil(count.div_ceil(largest))
+            .next_multiple_of(LANES);
+        Self {
+            cin,
+            cout,
+            oh,
+            ow,
+            tiles,
+            block,
+            v_step: cin * block + SKEW,
+            m_step: cout * block + SKEW,
         }
-        for xi in 0..POSITIONS {
-            gemm_row_major(
-                cout,
-                nb,
-                cin,
-                (block, block),
-                &u[xi * cout * cin..(xi + 1) * cout * cin],
-                &v[xi * v_step..],
-                &mut m[xi * m_step..],
-                false,
-            );
-        }
+    }
+
+    /// Block of tiles by block: input transform, 16 GEMMs, output transform.
+    fn run(
+        &self,
+        u: &[f32],
+        padded: &Padded,
+        epilogues: &[Epilogue],
+        (v, m): (&mut [f32], &mut [f32]),
+        dst: &mut [f32],
+    ) {
+        let (cin, cout, block, tiles) = (self.cin, self.cout, self.block, &self.tiles);
+        let (oh, ow, v_step, m_step) = (self.oh, self.ow, self.v_step, self.m_step);
+        let count = tiles.rows * tiles.cols;
+        let kernels = transforms();
         let mut rows = [vec![0f32; tiles.cols * 2], vec![0f32; tiles.cols * 2]];
-        for (co, &epilogue) in epilogues.iter().enumerate() {
-            let out_plane = &mut dst[co * oh * ow..(co + 1) * oh * ow];
-            for run in tiles.runs(t0, nb) {
-                let [top, bottom] = &mut rows;
-                let sums = &m[co * block + run.offset..];
-                (kernels.output)(sums, m_step, run.len, top, bottom);
-                // Columns of this run that exist in the output (the last tile may overhang).
-                let (x0, x1) = (2 * run.col, (2 * (run.col + run.len)).min(ow));
-                for (dy, values) in rows.iter().enumerate() {
-                    let y = 2 * run.row + dy;
-                    if y < oh {
-                        let row = &mut out_plane[y * ow + x0..y * ow + x1];
-                        row.copy_from_slice(&values[..x1 - x0]);
-                        apply_epilogue(epilogue, row);
+        for t0 in (0..count).step_by(block) {
+            let nb = block.min(count - t0);
+            for c in 0..cin {
+                for run in tiles.runs(t0, nb) {
+                    // Position ξ of tile j of channel c goes to v[ξ * v_step + c * block + j].
+                    let out = &mut v[c * block + run.offset..];
+                    let rows =
+                        std::array::from_fn(|i| padded.row(c, 2 * run.row + i, run.col, run.len));
+                    (kernels.input)(rows, run.len, v_step, out);
+                }
+            }
+            for xi in 0..POSITIONS {
+                gemm_row_major(
+                    cout,
+                    nb,
+                    cin,
+                    (block, block),
+                    &u[xi * cout * cin..(xi + 1) * cout * cin],
+                    &v[xi * v_step..],
+                    &mut m[xi * m_step..],
+                    false,
+                );
+            }
+            for (co, &epilogue) in epilogues.iter().enumerate() {
+                let out_plane = &mut dst[co * oh * ow..(co + 1) * oh * ow];
+                for run in tiles.runs(t0, nb) {
+                    let [top, bottom] = &mut rows;
+                    let sums = &m[co * block + run.offset..];
+                    (kernels.output)(sums, m_step, run.len, top, bottom);
+                    // Columns of this run that exist in the output (the last tile may overhang).
+                    let (x0, x1) = (2 * run.col, (2 * (run.col + run.len)).min(ow));
+                    for (dy, values) in rows.iter().enumerate() {
+                        let y = 2 * run.row + dy;
+                        if y < oh {
+                            let row = &mut out_plane[y * ow + x0..y * ow + x1];
+                            row.copy_from_slice(&values[..x1 - x0]);
+                            apply_epilogue(epilogue, row);
+                        }
                     }
                 }
             }
@@ -234,18 +233,6 @@ struct Padded<'a> {
     rows: usize,
 }
 
-/// `first[i] = row[2 i]`, `second[i] = row[2 i + 1]`.
-fn deinterleave(row: &[f32], first: &mut [f32], second: &mut [f32]) {
-    let pairs = row.chunks_exact(2);
-    if let Some(&x) = pairs.remainder().first() {
-        first[row.len() / 2] = x;
-    }
-    for ((a, b), pair) in first.iter_mut().zip(second.iter_mut()).zip(pairs) {
-        *a = pair[0];
-        *b = pair[1];
-    }
-}
-
 impl<'a> Padded<'a> {
     /// Floats of `cin` padded channels for the output tiles `tiles`.
     fn len(cin: usize, tiles: &Tiles) -> usize {
@@ -269,14 +256,7 @@ impl<'a> Padded<'a> {
             let padded_rows = plane[pt * 2 * half..].chunks_exact_mut(2 * half);
             for (row, dst) in channel.chunks_exact(w).zip(padded_rows) {
                 let (even, odd) = dst.split_at_mut(half);
-                // Input column x lands in padded column x + pl.
-                let (first, second) = if pl % 2 == 0 {
-                    (even, odd)
-                } else {
-                    (odd, even)
-                };
-                let (first, second) = (&mut first[pl / 2..], &mut second[pl.div_ceil(2)..]);
-                deinterleave(row, first, second);
+                split_padded_columns(row, pl, even, odd);
             }
         }
         Self {
