@@ -1,8 +1,9 @@
 # `make bench-peer`: per-network forward times of our kernels beside onnxruntime (same ONNX graphs,
-# same input sizes, 1 intra-op thread), alternating in one run on this machine. onnxruntime lives
+# same input sizes, 1 thread each unless --threads), alternating in one run on this machine. onnxruntime lives
 # only in the pinned venv (tools/requirements-bench.txt, installed here on demand), never in the
 # service.
 #   BENCH_PEER_ARGS="--rounds 9 --iterations 30"   more samples
+#   BENCH_PEER_ARGS="--threads 2"                   both sides on 2 threads
 #   BENCH_PEER_ARGS="--ort-layers RetinaFace"       onnxruntime's per-node profile of one network,
 #                                                   beside `liveness bench --layers`
 BENCH_PEER_ARGS ?=

@@ -261,7 +261,12 @@ impl Pipeline {
         };
 
         let t = Instant::now();
-        let faces = self.detect(image)?;
+        // With a second thread, it takes half of each large detector layer.
+        let faces = if self.config.threads > 1 {
+            crate::nn::parallel::with_helper(|| self.detect(image))?
+        } else {
+            self.detect(image)?
+        };
         timings.detect_ms = ms_since(t);
         diagnostics.faces = faces.iter().map(FaceSummary::from).collect();
 
@@ -278,16 +283,17 @@ impl Pipeline {
         let score = if self.config.threads > 1 {
             // The rest of the gate and the anti-spoof networks need only the selected face: the
             // mask classifier (the longest network) starts at once on one thread while the
-            // other runs FaceMesh and the anti-spoof networks; the gate's checks then run in
-            // their usual order on the results, and the score is dropped if the gate refuses.
+            // other runs FaceMesh and the anti-spoof networks, then helps with the mask
+            // classifier's last layers; the gate's checks then run in their usual order on the
+            // results, and the score is dropped if the gate refuses.
             let mut scoring_diagnostics = Diagnostics::default();
-            let ((p_mask, mask_ms), ((mesh, mesh_ms), score)) = rayon::join(
+            let ((p_mask, mask_ms), ((mesh, mesh_ms), score)) = crate::nn::parallel::join_helping(
                 || timed(|| self.mask.mask_probability(image, face.bbox)),
                 || {
-                    rayon::join(
-                        || timed(|| self.face_presence(image, face)),
-                        || self.score_face(image, face, &mut timings, &mut scoring_diagnostics),
-                    )
+                    let mesh = timed(|| self.face_presence(image, face));
+                    let score =
+                        self.score_face(image, face, &mut timings, &mut scoring_diagnostics);
+                    (mesh, score)
                 },
             );
             let t = Instant::now();

@@ -82,8 +82,9 @@ fn dev_set_accuracy_meets_the_bar() {
 
 /// With 2 threads the gate's networks and the anti-spoof networks run side by side: every third
 /// dev photo (passed, refused by the gate at each of its steps, spoofs) must get the same answer
-/// and the same diagnostics as with 1 thread. (The kernels' own thread count is process-wide, so
-/// here both pipelines run their kernels on 2 threads: what differs is the side-by-side run.)
+/// and the same diagnostics as with 1 thread, though its kernels now split large layers in
+/// halves, the second taken by the helping thread. (rayon's pool is process-wide: the 1-thread
+/// pipeline's kernels offer halves too, but no thread of its own helps with them.)
 #[test]
 fn two_threads_answer_as_one() {
     use liveness::config::PipelineConfig;

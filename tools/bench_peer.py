@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Per-network forward time of `liveness bench` beside onnxruntime on the same ONNX graphs, same
-input sizes, 1 intra-op thread, in one run on one machine (`make bench-peer`).
+input sizes, same number of threads (--threads, 1 by default: onnxruntime's intra-op threads,
+our LIVENESS_THREADS), in one run on one machine (`make bench-peer`).
 
 Rounds alternate: onnxruntime times every network, then `liveness bench` (networks only, via
 `--networks-only`) does, so both see the same machine load; the table gives each
@@ -18,8 +19,9 @@ node over --iterations runs), to set beside `liveness bench --layers`.
 
 With --pipeline it times whole processes instead: tools/reference_pipeline.py (onnxruntime
 RetinaFace at long side 640 + MiniFASNetV2 + V1SE, no gate: ../shared/reference/timing.md row
-(b)) and `liveness check` (gate and all three anti-spoof networks) with 1 and 2 threads, each
-one process over the live and spoof photos of faces-dev, alternating, wall time from exec to exit.
+(b); also with 2 intra-op threads) and `liveness check` (gate and all three anti-spoof networks)
+with 1 and 2 threads, each one process over the live and spoof photos of faces-dev,
+alternating, wall time from exec to exit. Ratios are to the reference with 1 thread.
 """
 import argparse
 import os
@@ -70,9 +72,9 @@ def convert(cache):
         os.replace(mask + ".tmp", mask)
 
 
-def session(path):
+def session(path, threads):
     opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
+    opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -125,8 +127,9 @@ def bench_pipelines(args):
     photos = sorted(os.path.join(dev, f) for f in os.listdir(dev) if f.startswith(("live_", "spoof_")))
     env = dict(os.environ, OMP_NUM_THREADS="1")
     # (name, command, environment): the environment is the process's, threads set explicitly.
-    runs = [("onnxruntime reference (b), no gate",
-             [sys.executable, os.path.join(ROOT, "tools/reference_pipeline.py")], env)]
+    reference = [sys.executable, os.path.join(ROOT, "tools/reference_pipeline.py")]
+    runs = [("onnxruntime reference (b), no gate", reference, env),
+            ("onnxruntime reference (b), 2 intra-op threads", reference, dict(env, REFERENCE_THREADS="2"))]
     for threads in (1, 2):
         runs.append((f"liveness check, LIVENESS_THREADS={threads}", [args.liveness, "check"],
                      dict(env, LIVENESS_THREADS=str(threads))))
@@ -184,6 +187,8 @@ def main():
     ap.add_argument("--liveness", default=os.path.join(ROOT, "target/release/liveness"))
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--iterations", type=int, default=20)
+    ap.add_argument("--threads", type=int, default=1,
+                    help="threads for both sides (onnxruntime intra-op, LIVENESS_THREADS)")
     ap.add_argument("--pipeline", action="store_true", help="whole processes over the dev photos")
     ap.add_argument("--ort-layers", metavar="NAME", help="onnxruntime's per-node profile of one network")
     args = ap.parse_args()
@@ -197,9 +202,9 @@ def main():
     convert(cache)
     nets = networks(cache)
     rng = np.random.default_rng(0)
-    sessions = [(name, session(path), rng.uniform(lo, hi, shape).astype(np.float32))
+    sessions = [(name, session(path, args.threads), rng.uniform(lo, hi, shape).astype(np.float32))
                 for name, path, shape, lo, hi in nets]
-    env = dict(os.environ, LIVENESS_THREADS="1")
+    env = dict(os.environ, LIVENESS_THREADS=str(args.threads))
     ours = {name: [] for name, *_ in nets}
     theirs = {name: [] for name, *_ in nets}
     load = [os.getloadavg()]
@@ -219,8 +224,8 @@ def main():
     except OSError:
         pass
     simd = [f for f in ("avx2", "fma", "avx512f") if f in flags]
-    print(f"CPU: {cpu_name()} ({os.cpu_count()} CPUs; {' '.join(simd)}); onnxruntime {ort.__version__}, "
-          "1 intra-op thread")
+    print(f"CPU: {cpu_name()} ({os.cpu_count()} CPUs; {' '.join(simd)}); onnxruntime {ort.__version__}; "
+          f"{args.threads} thread(s) each")
     print(f"{args.rounds} rounds x {args.iterations} iterations; loadavg before {load[0][0]:.2f}, "
           f"after {load[1][0]:.2f}")
     print("| network | ours ms (min) | onnxruntime ms (min) | ratio (median) | ratio (min) |")

@@ -34,9 +34,14 @@ SCORE_THRESHOLD = 0.5
 NMS_IOU = 0.4
 
 
+# onnxruntime's intra-op threads (1 by default, as in timing.md; `make bench-peer-pipeline`
+# also runs it with 2, beside `liveness check` with 2).
+THREADS = int(os.environ.get("REFERENCE_THREADS", "1"))
+
+
 def session(path):
     opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
+    opts.intra_op_num_threads = THREADS
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])

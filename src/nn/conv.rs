@@ -1,6 +1,6 @@
 //! 2-D convolution with bias and activation fused, as a candle custom op.
 //!
-//! Three kernels cover every layer we run:
+//! Four kernels cover every layer we run:
 //! - pointwise (1x1, stride 1): one GEMM, `out[Cout, HW] = W[Cout, Cin] * x[Cin, HW]`;
 //! - depthwise (one input channel per group): a direct loop summing all taps of 8 outputs in
 //!   registers, reading zero-padded phase planes ([`PhaseLayout`]) so it has no bounds tests;
@@ -8,10 +8,16 @@
 //! - anything else: im2col (from the same phase planes) per group, then one GEMM per group.
 //!
 //! Bias and activation are applied inside each kernel (per L2-sized column block for the GEMMs).
+//! Outputs are written, never zeroed first. On a pool of two threads or more, layers expected
+//! to take at least [`PARALLEL_MIN_NANOS`] run as two halves of their output channels, the
+//! second offered to a helping thread ([`super::parallel`]); every value is computed as on one.
 //! The depthwise kernel and the GEMM epilogue are compiled twice on x86-64, portable and
 //! AVX2(+FMA), and picked at runtime; the `gemm` crate dispatches its own (AVX2 or AVX-512).
 //!
 //! Input must be `f32`, `NCHW`; any batch size.
+
+use std::mem::MaybeUninit;
+use std::ops::Range;
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Module, Result, Shape, Tensor};
 
@@ -242,47 +248,91 @@ impl FusedConv2d {
         let in_plane = self.in_channels * h * w;
         let out_plane = self.out_channels * oh * ow;
         let inputs = input.chunks_exact(in_plane).take(n);
-        if self.kind == Kernel::Depthwise && shortcut.is_none() {
-            // Written in order, so the output is appended to, never zeroed first.
-            let mut out = Vec::with_capacity(n * out_plane);
-            for src in inputs {
-                self.depthwise(src, &mut out, h, w, oh, ow);
-            }
-            return Ok((out, oh, ow));
-        }
+        let len = n * out_plane;
         let mut out = match shortcut {
-            Some(values) if values.len() == n * out_plane => values.to_vec(),
+            Some(_) if self.kind != Kernel::Pointwise => {
+                candle_core::bail!("a shortcut needs a pointwise layer, not {:?}", self.kind)
+            }
+            Some(values) if values.len() == len => values.to_vec(),
             Some(values) => candle_core::bail!(
-                "shortcut has {} values for an output of {}",
+                "shortcut has {} values for an output of {len}",
                 values.len(),
-                n * out_plane
             ),
-            None => vec![0f32; n * out_plane],
+            // Not zeroed: each kernel below writes every output value before reading it.
+            None => Vec::with_capacity(len),
         };
         let accumulate = shortcut.is_some();
-        for (src, dst) in inputs.zip(out.chunks_exact_mut(out_plane)) {
-            match self.kind {
-                Kernel::Pointwise => {
-                    self.gemm_epilogue(0, self.out_channels, &self.weight, src, dst, accumulate)
-                }
-                Kernel::Im2col => self.im2col_gemm(src, dst, h, w, oh, ow),
+        let dst = if accumulate {
+            // SAFETY: the kernels write only initialised values through this view.
+            unsafe { as_uninit(&mut out) }
+        } else {
+            &mut out.spare_capacity_mut()[..len]
+        };
+        let plane = oh * ow;
+        for (src, dst) in inputs.zip(dst.chunks_exact_mut(out_plane)) {
+            self.in_halves(plane, dst, |channels, dst| match self.kind {
+                // SAFETY: with `accumulate`, `dst` holds the shortcut's values.
+                Kernel::Pointwise => unsafe {
+                    let k = self.in_channels;
+                    let weight = &self.weight[channels.start * k..channels.end * k];
+                    self.gemm_epilogue(channels.start, weight, src, dst, accumulate)
+                },
+                Kernel::Depthwise => self.depthwise(channels, src, dst, (h, w), (oh, ow)),
+                Kernel::Im2col => self.im2col_gemm(channels, src, dst, (h, w), (oh, ow)),
                 Kernel::Winograd => winograd::convolve(
-                    &self.weight,
-                    (self.in_channels, self.out_channels),
+                    (&self.weight, self.in_channels, self.out_channels),
+                    channels.clone(),
                     src,
                     (h, w),
                     self.geometry.padding,
-                    &self.epilogues(0..self.out_channels),
+                    &self.epilogues(channels),
                     dst,
                 ),
-                Kernel::Depthwise => candle_core::bail!("no shortcut for a depthwise layer"),
-            }
+            });
         }
+        // SAFETY: the kernels wrote all `len` values (or they came from the shortcut).
+        unsafe { out.set_len(len) };
         Ok((out, oh, ow))
     }
 
+    /// Runs `work(channels, dst)` for all output channels, `dst` being those channels' planes of
+    /// `plane` values: in two halves on two threads (`rayon::join`) when the pool has more than
+    /// one thread and the layer is expected to take at least [`PARALLEL_MIN_NANOS`], else at
+    /// once. Each output value is computed the same way either way.
+    fn in_halves(
+        &self,
+        plane: usize,
+        dst: &mut [MaybeUninit<f32>],
+        work: impl Fn(Range<usize>, &mut [MaybeUninit<f32>]) + Sync,
+    ) {
+        let cout = self.out_channels;
+        // Grouped (not depthwise) layers split only whole groups; we split those not at all.
+        let splits = self.kind == Kernel::Depthwise || self.geometry.groups == 1;
+        let flops = 2.0
+            * (cout * plane * self.in_channels / self.geometry.groups) as f64
+            * (self.kernel.0 * self.kernel.1) as f64;
+        // Measured rates (`liveness bench --layers`): GEMMs about 90 GFLOP/s, depthwise 25.
+        let nanos = flops
+            / if self.kind == Kernel::Depthwise {
+                25.0
+            } else {
+                90.0
+            };
+        if !(splits
+            && cout >= 16
+            && nanos >= PARALLEL_MIN_NANOS
+            && rayon::current_num_threads() > 1)
+        {
+            return work(0..cout, dst);
+        }
+        // A multiple of 8 channels in the first half, for the GEMMs' register tiles.
+        let half = (cout / 2).next_multiple_of(8).min(cout - 1);
+        let (first, second) = dst.split_at_mut(half * plane);
+        super::parallel::join_halves(|| work(0..half, first), || work(half..cout, second));
+    }
+
     /// Bias and activation of output channels `channels`.
-    fn epilogues(&self, channels: std::ops::Range<usize>) -> Vec<Epilogue> {
+    fn epilogues(&self, channels: Range<usize>) -> Vec<Epilogue> {
         channels
             .map(|c| self.activation.epilogue(c, self.bias[c]))
             .collect()
@@ -294,26 +344,31 @@ impl FusedConv2d {
     ///
     /// Runs in column blocks whose output and input fit in L2, so bias and activation are
     /// applied while the block is still in cache instead of in a second pass over memory.
-    fn gemm_epilogue(
+    ///
+    /// # Safety
+    /// With `accumulate`, every value of `dst` must be initialised.
+    unsafe fn gemm_epilogue(
         &self,
         c0: usize,
-        m: usize,
         weight: &[f32],
         rhs: &[f32],
-        dst: &mut [f32],
+        dst: &mut [MaybeUninit<f32>],
         accumulate: bool,
     ) {
+        let k = self.in_channels;
+        let m = weight.len() / k;
         let n = dst.len() / m;
-        let k = weight.len() / m;
         // Repacking `weight` per block costs about 2/`block` of the multiply: keep blocks >= 128.
         let block = (L2_BLOCK_FLOATS / (m + k)).max(128) / 16 * 16;
         let epilogues = self.epilogues(c0..c0 + m);
         for j0 in (0..n).step_by(block) {
             let nb = block.min(n - j0);
             let (rhs, out) = (&rhs[j0..], &mut dst[j0..]);
-            gemm_row_major(m, nb, k, (n, n), weight, rhs, out, accumulate);
+            // SAFETY: initialised values with `accumulate` (the caller's promise).
+            unsafe { gemm_row_major(m, nb, k, (n, n), weight, rhs, out, accumulate) };
             for (row, &epilogue) in dst[j0..].chunks_mut(n).zip(&epilogues) {
-                apply_epilogue(epilogue, &mut row[..nb]);
+                // SAFETY: the GEMM just wrote these `nb` values.
+                apply_epilogue(epilogue, unsafe { assume_written(&mut row[..nb]) });
             }
         }
     }
@@ -324,7 +379,16 @@ impl FusedConv2d {
     /// those columns of the group's output channels. Blocks keep the column matrix within L2
     /// (a whole-plane column matrix, 2.7 MB for RetinaFace's 64->64 3x3 layers, went through
     /// L3 twice).
-    fn im2col_gemm(&self, src: &[f32], dst: &mut [f32], h: usize, w: usize, oh: usize, ow: usize) {
+    ///
+    /// Writes output channels `channels` (all of them when `groups > 1`) into `dst`.
+    fn im2col_gemm(
+        &self,
+        channels: Range<usize>,
+        src: &[f32],
+        dst: &mut [MaybeUninit<f32>],
+        (h, w): (usize, usize),
+        (oh, ow): (usize, usize),
+    ) {
         let (kh, kw) = self.kernel;
         let groups = self.geometry.groups;
         let cin_g = self.in_channels / groups;
@@ -340,13 +404,19 @@ impl FusedConv2d {
         // Zero once: every channel fills the same plane positions, so the padding stays zero.
         let mut phases = vec![0f32; cin_g * layout.len];
         for g in 0..groups {
-            let channels = src[g * cin_g * h * w..(g + 1) * cin_g * h * w].chunks_exact(h * w);
-            for (channel, planes) in channels.zip(phases.chunks_exact_mut(layout.len)) {
+            let inputs = src[g * cin_g * h * w..(g + 1) * cin_g * h * w].chunks_exact(h * w);
+            for (channel, planes) in inputs.zip(phases.chunks_exact_mut(layout.len)) {
                 layout.fill(channel, planes);
             }
-            let weight = &self.weight[g * cout_g * k..(g + 1) * cout_g * k];
-            let out = &mut dst[g * cout_g * plane..(g + 1) * cout_g * plane];
-            let epilogues = self.epilogues(g * cout_g..(g + 1) * cout_g);
+            let group_channels = if groups == 1 {
+                channels.clone()
+            } else {
+                g * cout_g..(g + 1) * cout_g
+            };
+            let m = group_channels.len();
+            let weight = &self.weight[group_channels.start * k..group_channels.end * k];
+            let out = &mut dst[(group_channels.start - channels.start) * plane..][..m * plane];
+            let epilogues = self.epilogues(group_channels);
             for oy0 in (0..oh).step_by(rows) {
                 let block_rows = rows.min(oh - oy0);
                 let nb = block_rows * ow;
@@ -363,15 +433,18 @@ impl FusedConv2d {
                     }
                 }
                 let block = &mut out[oy0 * ow..];
-                gemm_row_major(cout_g, nb, k, (nb, plane), weight, &cols, block, false);
+                // SAFETY: no `accumulate`, so `block` is only written.
+                unsafe { gemm_row_major(m, nb, k, (nb, plane), weight, &cols, block, false) };
                 for (row, &epilogue) in block.chunks_mut(plane).zip(&epilogues) {
-                    apply_epilogue(epilogue, &mut row[..nb]);
+                    // SAFETY: the GEMM just wrote these `nb` values.
+                    apply_epilogue(epilogue, unsafe { assume_written(&mut row[..nb]) });
                 }
             }
         }
     }
 
-    /// Depthwise convolution with bias and activation, one channel at a time, appended to `out`.
+    /// Depthwise convolution with bias and activation of channels `channels`, one at a time,
+    /// into `dst`.
     ///
     /// Each channel is first copied into zero-padded *phase planes* ([`PhaseLayout`]), where
     /// every tap reads one contiguous run with no bounds tests, whatever the stride and padding.
@@ -379,7 +452,14 @@ impl FusedConv2d {
     /// extra values after each row are dropped when the run is appended to `out`. The run is
     /// rounded up to whole [`DEPTHWISE_LANES`] groups, read from zeros after the planes, so the
     /// kernel has no scalar tail.
-    fn depthwise(&self, src: &[f32], out: &mut Vec<f32>, h: usize, w: usize, oh: usize, ow: usize) {
+    fn depthwise(
+        &self,
+        channels: Range<usize>,
+        src: &[f32],
+        dst: &mut [MaybeUninit<f32>],
+        (h, w): (usize, usize),
+        (oh, ow): (usize, usize),
+    ) {
         let (kh, kw) = self.kernel;
         let layout = PhaseLayout::new(&self.geometry, h, w);
         let run_len = ((oh - 1) * layout.wp + ow).next_multiple_of(DEPTHWISE_LANES);
@@ -394,17 +474,50 @@ impl FusedConv2d {
         let phases_len = layout.len + DEPTHWISE_LANES;
         let mut scratch = vec![0f32; phases_len + run_len];
         let (phases, run) = scratch.split_at_mut(phases_len);
-        for (c, channel) in src.chunks_exact(h * w).enumerate() {
+        let sources = src[channels.start * h * w..channels.end * h * w].chunks_exact(h * w);
+        for ((c, channel), out) in channels.zip(sources).zip(dst.chunks_exact_mut(oh * ow)) {
             layout.fill(channel, phases);
             let taps = &self.weight[c * kh * kw..(c + 1) * kh * kw];
             let epilogue = self.activation.epilogue(c, self.bias[c]);
             kernel(taps, &starts, phases, epilogue, run);
-            for row in run.chunks(layout.wp).take(oh) {
-                out.extend_from_slice(&row[..ow]);
+            for (row, out) in run.chunks(layout.wp).zip(out.chunks_exact_mut(ow)) {
+                write_copy(out, &row[..ow]);
             }
         }
     }
 }
+
+/// Views initialised values as possibly uninitialised ones, for kernels that write outputs.
+///
+/// # Safety
+/// Only initialised values may be written through the view (the values stay readable as `f32`).
+unsafe fn as_uninit(values: &mut [f32]) -> &mut [MaybeUninit<f32>] {
+    // SAFETY: `MaybeUninit<f32>` has the layout of `f32`; the caller writes only `f32`s.
+    unsafe { &mut *(values as *mut [f32] as *mut [MaybeUninit<f32>]) }
+}
+
+/// `values` as `f32`s once they have been written.
+///
+/// # Safety
+/// Every value of `values` must be initialised.
+unsafe fn assume_written(values: &mut [MaybeUninit<f32>]) -> &mut [f32] {
+    // SAFETY: `MaybeUninit<f32>` has the layout of `f32`; the values are initialised.
+    unsafe { &mut *(values as *mut [MaybeUninit<f32>] as *mut [f32]) }
+}
+
+/// Copies `src` into `dst` (of the same length) and returns it, now initialised.
+fn write_copy<'a>(dst: &'a mut [MaybeUninit<f32>], src: &[f32]) -> &'a mut [f32] {
+    assert_eq!(dst.len(), src.len());
+    for (d, &s) in dst.iter_mut().zip(src) {
+        d.write(s);
+    }
+    // SAFETY: every value was just written.
+    unsafe { assume_written(dst) }
+}
+
+/// Layers expected to take less than this run on one thread: below it, handing half the work
+/// to another thread costs more than it saves.
+const PARALLEL_MIN_NANOS: f64 = 10_000.0;
 
 /// Floats of GEMM input plus output per column block of [`FusedConv2d::gemm_epilogue`] (256 KiB).
 const L2_BLOCK_FLOATS: usize = 64 * 1024;
@@ -692,28 +805,33 @@ fn depthwise_taps<M: MulAdd, const K: usize>(
 }
 
 /// `dst[m x n] = lhs[m x k] * rhs[k x n]` (`+=` with `accumulate`), row-major; `lhs` is
-/// contiguous, rows of `rhs` and of `dst` are `rhs_stride` and `dst_stride` apart.
+/// contiguous, rows of `rhs` and of `dst` are `rhs_stride` and `dst_stride` apart. Without
+/// `accumulate`, `dst` is only written.
+///
+/// # Safety
+/// With `accumulate`, the values of `dst` it addresses must be initialised.
 #[allow(clippy::too_many_arguments)]
-fn gemm_row_major(
+unsafe fn gemm_row_major(
     m: usize,
     n: usize,
     k: usize,
     (rhs_stride, dst_stride): (usize, usize),
     lhs: &[f32],
     rhs: &[f32],
-    dst: &mut [f32],
+    dst: &mut [MaybeUninit<f32>],
     accumulate: bool,
 ) {
     assert!(m > 0 && k > 0 && n <= rhs_stride && n <= dst_stride);
     assert!(lhs.len() >= m * k);
     assert!(rhs.len() >= (k - 1) * rhs_stride + n && dst.len() >= (m - 1) * dst_stride + n);
-    // SAFETY: the slices are at least as long as the strides below address (checked above).
+    // SAFETY: the slices are at least as long as the strides below address (checked above);
+    // `dst` is read only with `accumulate` (initialised: the caller's promise).
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            dst.as_mut_ptr(),
+            dst.as_mut_ptr().cast::<f32>(),
             1,
             dst_stride as isize,
             accumulate,
@@ -982,6 +1100,47 @@ mod tests {
         check(300, 200, 1, 20, 21, ConvGeometry::new(1, 0, 1))?;
         check(40, 48, 3, 20, 21, ConvGeometry::new(1, 1, 1))?;
         check(24, 48, 3, 41, 43, ConvGeometry::new(2, 1, 2))?;
+        Ok(())
+    }
+
+    /// Layers large enough to be split in halves give, on two threads, the values they give on
+    /// one: each kind of kernel, a shortcut, and a first half that is not half the channels.
+    #[test]
+    fn two_threads_give_the_values_of_one() -> Result<()> {
+        let dev = Device::Cpu;
+        let pool = |threads| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap()
+        };
+        let (one, two) = (pool(1), pool(2));
+        let layers = [
+            (64, 64, 1, ConvGeometry::new(1, 0, 1)),
+            (24, 36, 1, ConvGeometry::new(1, 0, 1)),
+            (96, 96, 3, ConvGeometry::new(1, 1, 96)),
+            (40, 40, 3, ConvGeometry::new(2, 1, 40)),
+            (32, 48, 3, ConvGeometry::new(1, 1, 1)),
+            (16, 32, 3, ConvGeometry::new(2, 1, 1)),
+        ];
+        for (cin, cout, k, g) in layers {
+            let x = Tensor::randn(0f32, 1.0, (1, cin, 56, 56), &dev)?;
+            let w = Tensor::randn(0f32, 0.3, (cout, cin / g.groups, k, k), &dev)?;
+            let b = Tensor::randn(0f32, 1.0, cout, &dev)?;
+            let conv = FusedConv2d::new(&w, Some(&b), g, Activation::Relu6)?;
+            let run = |x: &Tensor| -> Result<Vec<f32>> {
+                let shortcut = x.narrow(1, 0, cout.min(cin))?;
+                let out = if k == 1 && cin == cout {
+                    conv.forward_with_shortcut(x, &shortcut)?
+                } else {
+                    conv.forward(x)?
+                };
+                out.flatten_all()?.to_vec1::<f32>()
+            };
+            let alone = one.install(|| run(&x))?;
+            let shared = two.install(|| crate::nn::parallel::with_helper(|| run(&x)))?;
+            assert!(alone == shared, "{cin}->{cout} k{k} {g:?}");
+        }
         Ok(())
     }
 

@@ -5,13 +5,14 @@
 //! through [`conv::FusedConv2d`], a candle `CustomOp1`. Everything else stays plain candle.
 
 pub mod conv;
+pub mod parallel;
 
 /// Sizes the thread pools at start-up, unless the caller set them: rayon's at `n` threads
-/// (`RAYON_NUM_THREADS`; the pipeline uses a second thread to run the gate beside the
-/// anti-spoof networks) and candle's own element-wise pool at 1 (`CANDLE_NUM_THREADS`). The
-/// kernels here are single-threaded, and candle's ops on our tensor sizes are too small to
-/// share: with a second candle worker, that worker spins after every op and takes the CPU the
-/// pipeline's second thread needs.
+/// (`RAYON_NUM_THREADS`; with two, the pipeline runs the gate beside the anti-spoof networks
+/// and the kernels share large layers, see [`parallel`]) and candle's own element-wise pool at
+/// 1 (`CANDLE_NUM_THREADS`). candle's ops on our tensor sizes are too small to share: with a
+/// second candle worker, that worker spins after every op and takes the CPU the pipeline's
+/// second thread needs.
 ///
 /// Call at the very start of `main`, before any other thread exists: changing the environment
 /// while other threads may read it is a data race.

@@ -11,8 +11,11 @@
 //! Tiles run in blocks sized so that the block's transformed inputs and GEMM outputs stay in L2.
 
 use std::cell::RefCell;
+use std::mem::MaybeUninit;
 
-use super::{apply_epilogue, gemm_row_major, split_padded_columns, Epilogue};
+use super::{
+    apply_epilogue, as_uninit, gemm_row_major, split_padded_columns, write_copy, Epilogue,
+};
 
 /// Positions of a transformed 4x4 tile: one GEMM each.
 const POSITIONS: usize = 16;
@@ -51,19 +54,20 @@ pub(super) fn transform_weights(weight: &[f32], cout: usize, cin: usize) -> Vec<
 }
 
 /// A 3x3 stride-1 convolution of one `[Cin, h, w]` image with zero padding `[top, left, bottom,
-/// right]` into `dst` (`[Cout, oh, ow]`), `u` from [`transform_weights`], `epilogues` one per
-/// output channel.
+/// right]`: output channels `channels` of the `cout` whose kernels `u` holds
+/// ([`transform_weights`]), into `dst` (`[channels, oh, ow]`), `epilogues` one per channel of
+/// `channels`.
 pub(super) fn convolve(
-    u: &[f32],
-    (cin, cout): (usize, usize),
+    (u, cin, cout): (&[f32], usize, usize),
+    channels: std::ops::Range<usize>,
     src: &[f32],
     (h, w): (usize, usize),
     padding: [usize; 4],
     epilogues: &[Epilogue],
-    dst: &mut [f32],
+    dst: &mut [MaybeUninit<f32>],
 ) {
     let [pt, pl, pb, pr] = padding;
-    let plan = Plan::new((cin, cout), (h + pt + pb - 2, w + pl + pr - 2));
+    let plan = Plan::new((cin, channels.len()), (h + pt + pb - 2, w + pl + pr - 2));
     let padded_len = Padded::len(cin, &plan.tiles);
     SCRATCH.with_borrow_mut(|scratch| {
         let needed = padded_len + POSITIONS * (plan.v_step + plan.m_step);
@@ -75,7 +79,9 @@ pub(super) fn convolve(
         let (padded, rest) = scratch.split_at_mut(padded_len);
         let (v, m) = rest.split_at_mut(POSITIONS * plan.v_step);
         let padded = Padded::new(padded, src, cin, (h, w), (pt, pl), &plan.tiles);
-        plan.run(u, &padded, epilogues, (v, m), dst);
+        // Position ξ's rows for `channels`.
+        let weights = |xi: usize| &u[(xi * cout + channels.start) * cin..][..channels.len() * cin];
+        plan.run(weights, &padded, epilogues, (v, m), dst);
     });
 }
 
@@ -124,13 +130,13 @@ impl Plan {
     }
 
     /// Block of tiles by block: input transform, 16 GEMMs, output transform.
-    fn run(
+    fn run<'u>(
         &self,
-        u: &[f32],
+        weights: impl Fn(usize) -> &'u [f32],
         padded: &Padded,
         epilogues: &[Epilogue],
         (v, m): (&mut [f32], &mut [f32]),
-        dst: &mut [f32],
+        dst: &mut [MaybeUninit<f32>],
     ) {
         let (cin, cout, block, tiles) = (self.cin, self.cout, self.block, &self.tiles);
         let (oh, ow, v_step, m_step) = (self.oh, self.ow, self.v_step, self.m_step);
@@ -149,16 +155,19 @@ impl Plan {
                 }
             }
             for xi in 0..POSITIONS {
-                gemm_row_major(
-                    cout,
-                    nb,
-                    cin,
-                    (block, block),
-                    &u[xi * cout * cin..(xi + 1) * cout * cin],
-                    &v[xi * v_step..],
-                    &mut m[xi * m_step..],
-                    false,
-                );
+                // SAFETY: no `accumulate`; the view of `m` is only written, with `f32`s.
+                unsafe {
+                    gemm_row_major(
+                        cout,
+                        nb,
+                        cin,
+                        (block, block),
+                        weights(xi),
+                        &v[xi * v_step..],
+                        as_uninit(&mut m[xi * m_step..]),
+                        false,
+                    )
+                };
             }
             for (co, &epilogue) in epilogues.iter().enumerate() {
                 let out_plane = &mut dst[co * oh * ow..(co + 1) * oh * ow];
@@ -172,8 +181,7 @@ impl Plan {
                         let y = 2 * run.row + dy;
                         if y < oh {
                             let row = &mut out_plane[y * ow + x0..y * ow + x1];
-                            row.copy_from_slice(&values[..x1 - x0]);
-                            apply_epilogue(epilogue, row);
+                            apply_epilogue(epilogue, write_copy(row, &values[..x1 - x0]));
                         }
                     }
                 }
