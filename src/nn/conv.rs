@@ -9,8 +9,9 @@
 //!
 //! Bias and activation are applied inside each kernel (per L2-sized column block for the GEMMs).
 //! Outputs are written, never zeroed first. On a pool of two threads or more, layers expected
-//! to take at least [`PARALLEL_MIN_NANOS`] run as two halves of their output channels, the
-//! second offered to a helping thread ([`super::parallel`]); every value is computed as on one.
+//! to take at least [`PARALLEL_MIN_NANOS`] run as two halves of their output channels
+//! (`rayon::join`; see [`super::parallel`] for the thread that takes them); every value is
+//! computed as on one thread.
 //! The depthwise kernel and the GEMM epilogue are compiled twice on x86-64, portable and
 //! AVX2(+FMA), and picked at runtime; the `gemm` crate dispatches its own (AVX2 or AVX-512).
 //!
@@ -328,7 +329,7 @@ impl FusedConv2d {
         // A multiple of 8 channels in the first half, for the GEMMs' register tiles.
         let half = (cout / 2).next_multiple_of(8).min(cout - 1);
         let (first, second) = dst.split_at_mut(half * plane);
-        super::parallel::join_halves(|| work(0..half, first), || work(half..cout, second));
+        rayon::join(|| work(0..half, first), || work(half..cout, second));
     }
 
     /// Bias and activation of output channels `channels`.
