@@ -319,15 +319,16 @@ impl FusedConv2d {
             } else {
                 90.0
             };
-        if !(splits
-            && cout >= 16
-            && nanos >= PARALLEL_MIN_NANOS
-            && rayon::current_num_threads() > 1)
+        if !(splits && cout >= 2 && nanos >= PARALLEL_MIN_NANOS && rayon::current_num_threads() > 1)
         {
             return work(0..cout, dst);
         }
-        // A multiple of 8 channels in the first half, for the GEMMs' register tiles.
-        let half = (cout / 2).next_multiple_of(8).min(cout - 1);
+        // From 16 channels, a multiple of 8 in the first half, for the GEMMs' register tiles.
+        let half = if cout >= 16 {
+            (cout / 2).next_multiple_of(8).min(cout - 1)
+        } else {
+            cout / 2
+        };
         let (first, second) = dst.split_at_mut(half * plane);
         rayon::join(|| work(0..half, first), || work(half..cout, second));
     }
@@ -1105,7 +1106,8 @@ mod tests {
     }
 
     /// Layers large enough to be split in halves give, on two threads, the values they give on
-    /// one: each kind of kernel, a shortcut, and a first half that is not half the channels.
+    /// one: each kind of kernel, a shortcut, a first half that is not half the channels, and
+    /// halves of 4 channels.
     #[test]
     fn two_threads_give_the_values_of_one() -> Result<()> {
         let dev = Device::Cpu;
@@ -1116,16 +1118,19 @@ mod tests {
                 .unwrap()
         };
         let (one, two) = (pool(1), pool(2));
+        // (in, out, kernel, geometry, input side): each expected to take over 10 µs.
         let layers = [
-            (64, 64, 1, ConvGeometry::new(1, 0, 1)),
-            (24, 36, 1, ConvGeometry::new(1, 0, 1)),
-            (96, 96, 3, ConvGeometry::new(1, 1, 96)),
-            (40, 40, 3, ConvGeometry::new(2, 1, 40)),
-            (32, 48, 3, ConvGeometry::new(1, 1, 1)),
-            (16, 32, 3, ConvGeometry::new(2, 1, 1)),
+            (64, 64, 1, ConvGeometry::new(1, 0, 1), 56),
+            (24, 36, 1, ConvGeometry::new(1, 0, 1), 56),
+            (96, 96, 3, ConvGeometry::new(1, 1, 96), 56),
+            (40, 40, 3, ConvGeometry::new(2, 1, 40), 56),
+            (8, 8, 3, ConvGeometry::new(1, 1, 8), 112),
+            (32, 48, 3, ConvGeometry::new(1, 1, 1), 56),
+            (16, 32, 3, ConvGeometry::new(2, 1, 1), 56),
+            (3, 8, 3, ConvGeometry::new(2, 1, 1), 160),
         ];
-        for (cin, cout, k, g) in layers {
-            let x = Tensor::randn(0f32, 1.0, (1, cin, 56, 56), &dev)?;
+        for (cin, cout, k, g, side) in layers {
+            let x = Tensor::randn(0f32, 1.0, (1, cin, side, side), &dev)?;
             let w = Tensor::randn(0f32, 0.3, (cout, cin / g.groups, k, k), &dev)?;
             let b = Tensor::randn(0f32, 1.0, cout, &dev)?;
             let conv = FusedConv2d::new(&w, Some(&b), g, Activation::Relu6)?;
