@@ -151,7 +151,8 @@ pub struct PipelineConfig {
     /// (`LIVENESS_DETECTOR_RETRY_LONG_SIDE`).
     pub detector_retry_long_side: u32,
     /// Threads per request (`LIVENESS_THREADS`): with 2 or more, the gate's networks and the
-    /// anti-spoof networks run side by side; the kernels themselves are single-threaded.
+    /// anti-spoof networks run side by side, and the detector's and the networks' large layers
+    /// are split in halves between two threads (more than 2 threads gain nothing more).
     pub threads: usize,
     /// Quality-gate thresholds.
     pub gate: GateConfig,

@@ -24,7 +24,7 @@ use liveness::scoring::{
     about = "Passive face liveness: one photo in, a liveness score out"
 )]
 struct Cli {
-    /// Threads per request: 2 runs the gate beside the anti-spoof networks (overrides LIVENESS_THREADS).
+    /// Threads per request: 2 runs the gate beside the anti-spoof networks and splits large layers (overrides LIVENESS_THREADS).
     #[arg(long, global = true)]
     threads: Option<usize>,
     #[command(subcommand)]
