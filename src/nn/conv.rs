@@ -368,10 +368,8 @@ impl FusedConv2d {
             let (rhs, out) = (&rhs[j0..], &mut dst[j0..]);
             // SAFETY: initialised values with `accumulate` (the caller's promise).
             unsafe { gemm_row_major(m, nb, k, (n, n), weight, rhs, out, accumulate) };
-            for (row, &epilogue) in dst[j0..].chunks_mut(n).zip(&epilogues) {
-                // SAFETY: the GEMM just wrote these `nb` values.
-                apply_epilogue(epilogue, unsafe { assume_written(&mut row[..nb]) });
-            }
+            // SAFETY: the GEMM just wrote the first `nb` values of each row.
+            unsafe { apply_to_written_rows(&epilogues, &mut dst[j0..], n, nb) };
         }
     }
 
@@ -437,10 +435,8 @@ impl FusedConv2d {
                 let block = &mut out[oy0 * ow..];
                 // SAFETY: no `accumulate`, so `block` is only written.
                 unsafe { gemm_row_major(m, nb, k, (nb, plane), weight, &cols, block, false) };
-                for (row, &epilogue) in block.chunks_mut(plane).zip(&epilogues) {
-                    // SAFETY: the GEMM just wrote these `nb` values.
-                    apply_epilogue(epilogue, unsafe { assume_written(&mut row[..nb]) });
-                }
+                // SAFETY: the GEMM just wrote the first `nb` values of each row.
+                unsafe { apply_to_written_rows(&epilogues, block, plane, nb) };
             }
         }
     }
@@ -451,7 +447,7 @@ impl FusedConv2d {
     /// Each channel is first copied into zero-padded *phase planes* ([`PhaseLayout`]), where
     /// every tap reads one contiguous run with no bounds tests, whatever the stride and padding.
     /// Output rows are computed `wp` (the plane width) apart as one flat run; the `wp - ow`
-    /// extra values after each row are dropped when the run is appended to `out`. The run is
+    /// extra values after each row are dropped when the run is copied to `dst`. The run is
     /// rounded up to whole [`DEPTHWISE_LANES`] groups, read from zeros after the planes, so the
     /// kernel has no scalar tail.
     fn depthwise(
@@ -505,6 +501,22 @@ unsafe fn as_uninit(values: &mut [f32]) -> &mut [MaybeUninit<f32>] {
 unsafe fn assume_written(values: &mut [MaybeUninit<f32>]) -> &mut [f32] {
     // SAFETY: `MaybeUninit<f32>` has the layout of `f32`; the values are initialised.
     unsafe { &mut *(values as *mut [MaybeUninit<f32>] as *mut [f32]) }
+}
+
+/// Applies `epilogues[i]` to the first `len` values of row `i` of `rows` (rows `stride` apart).
+///
+/// # Safety
+/// Those values must be initialised.
+unsafe fn apply_to_written_rows(
+    epilogues: &[Epilogue],
+    rows: &mut [MaybeUninit<f32>],
+    stride: usize,
+    len: usize,
+) {
+    for (row, &epilogue) in rows.chunks_mut(stride).zip(epilogues) {
+        // SAFETY: initialised (the caller's promise).
+        apply_epilogue(epilogue, unsafe { assume_written(&mut row[..len]) });
+    }
 }
 
 /// Copies `src` into `dst` (of the same length) and returns it, now initialised.
