@@ -370,26 +370,31 @@ pub fn decode(
     score_threshold: f32,
     nms_iou: f32,
 ) -> Result<Vec<Detection>> {
-    let conf = raw.conf.squeeze(0)?.to_vec2::<f32>()?;
-    let loc = raw.loc.squeeze(0)?.to_vec2::<f32>()?;
-    let lms = raw.landmarks.squeeze(0)?.to_vec2::<f32>()?;
     let priors = priors(height, width);
-    if priors.len() != conf.len() {
-        candle_core::bail!("{} anchors for {} outputs", priors.len(), conf.len());
-    }
+    // `[1, anchors, width]` as one flat vector (not a vector per anchor: 3 x 4,200 allocations).
+    let rows = |t: &Tensor, width: usize| -> Result<Vec<f32>> {
+        let (_, anchors, w) = t.dims3()?;
+        if (anchors, w) != (priors.len(), width) {
+            candle_core::bail!("{} anchors for outputs {:?}", priors.len(), t.dims());
+        }
+        t.flatten_all()?.to_vec1::<f32>()
+    };
+    let conf = rows(&raw.conf, 2)?;
+    let loc = rows(&raw.loc, 4)?;
+    let lms = rows(&raw.landmarks, 10)?;
     let mut candidates: Vec<Detection> = Vec::new();
     for (anchor, prior) in priors.iter().enumerate() {
-        let score = conf[anchor][1];
+        let score = conf[anchor * 2 + 1];
         if score <= score_threshold {
             continue;
         }
         let [pcx, pcy, pw, ph] = *prior;
-        let l = &loc[anchor];
+        let l = &loc[anchor * 4..][..4];
         let cx = pcx + l[0] * VARIANCE[0] * pw;
         let cy = pcy + l[1] * VARIANCE[0] * ph;
         let w = pw * (l[2] * VARIANCE[1]).exp();
         let h = ph * (l[3] * VARIANCE[1]).exp();
-        let m = &lms[anchor];
+        let m = &lms[anchor * 10..][..10];
         let landmarks = std::array::from_fn(|k| {
             [
                 pcx + m[2 * k] * VARIANCE[0] * pw,
