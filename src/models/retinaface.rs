@@ -371,7 +371,7 @@ pub fn decode(
     nms_iou: f32,
 ) -> Result<Vec<Detection>> {
     let priors = priors(height, width);
-    // `[1, anchors, width]` as one flat vector (not a vector per anchor: 3 x 4,200 allocations).
+    // `[1, anchors, width]` as one flat vector (not a vector per anchor: 3 x 3,160 allocations).
     let rows = |t: &Tensor, width: usize| -> Result<Vec<f32>> {
         let (_, anchors, w) = t.dims3()?;
         if (anchors, w) != (priors.len(), width) {
