@@ -309,9 +309,7 @@ impl FusedConv2d {
         let cout = self.out_channels;
         // Grouped (not depthwise) layers split only whole groups; we split those not at all.
         let splits = self.kind == Kernel::Depthwise || self.geometry.groups == 1;
-        let flops = 2.0
-            * (cout * plane * self.in_channels / self.geometry.groups) as f64
-            * (self.kernel.0 * self.kernel.1) as f64;
+        let flops = self.flops(plane);
         // Measured rates (`liveness bench --layers`): GEMMs about 90 GFLOP/s, depthwise 25.
         let nanos = flops
             / if self.kind == Kernel::Depthwise {
@@ -331,6 +329,12 @@ impl FusedConv2d {
         };
         let (first, second) = dst.split_at_mut(half * plane);
         rayon::join(|| work(0..half, first), || work(half..cout, second));
+    }
+
+    /// Multiply-adds times two for `positions` output positions of every output channel.
+    fn flops(&self, positions: usize) -> f64 {
+        let per_output = self.in_channels / self.geometry.groups * self.kernel.0 * self.kernel.1;
+        2.0 * (per_output * self.out_channels * positions) as f64
     }
 
     /// Bias and activation of output channels `channels`.
@@ -1006,8 +1010,7 @@ pub mod profile {
             Kernel::Im2col => format!("conv {kh}x{kw}/{s} {cin}->{cout} {h}x{w}"),
             Kernel::Winograd => format!("winograd 3x3/1 {cin}->{cout} {h}x{w}"),
         };
-        let per_output = (cin / conv.geometry.groups * kh * kw) as f64;
-        let flops = 2.0 * per_output * (n * cout * oh * ow) as f64;
+        let flops = conv.flops(n * oh * ow);
         RECORDS.with(|r| {
             if let Some(records) = r.borrow_mut().as_mut() {
                 records.push(LayerTime {
