@@ -1,0 +1,305 @@
+//! 3x3 depthwise convolution, stride 1 or 2, read straight from the `NCHW` input with AVX2 and
+//! FMA.
+//!
+//! Each output row is computed in chunks of 8 outputs, and each chunk in up to 4 output rows
+//! at once: independent chains of multiply-adds, and each input row's columns loaded once for
+//! every output row that uses it. A chunk loads its input columns with masked loads where it
+//! reaches over the left or right edge of the row (the masked lanes read as the zero padding)
+//! and with plain loads elsewhere; tap rows in the top or bottom padding read a row of zeros.
+//! Stride 2 loads 16 consecutive columns and keeps the even or the odd ones. Nothing is copied:
+//! the phase planes of the portable kernel cost more than the arithmetic on the small maps of
+//! the late layers. Bias and activation are applied in registers.
+//!
+//! Each output sums `bias` then the in-bounds taps in row-major tap order, one fused
+//! multiply-add each (padded taps add `tap * 0`), as the portable kernel does.
+
+use std::arch::x86_64::*;
+use std::mem::MaybeUninit;
+use std::ops::Range;
+
+use super::Epilogue;
+
+/// Outputs per chunk: one AVX2 register.
+const LANES: usize = 8;
+
+/// Whether this kernel runs a depthwise layer: a 3x3 kernel, stride 1 or 2, and a CPU with
+/// AVX2 and FMA.
+pub(super) fn runs(kernel: (usize, usize), stride: usize) -> bool {
+    kernel == (3, 3)
+        && matches!(stride, 1 | 2)
+        && is_x86_feature_detected!("avx2")
+        && is_x86_feature_detected!("fma")
+}
+
+/// A load of 8 consecutive input columns from `start` (relative to the row), masked to the
+/// columns inside the row unless all 8 are.
+#[derive(Clone, Copy)]
+struct Load {
+    start: isize,
+    /// All lanes set, or the lanes whose column is in `0..w`.
+    mask: __m256i,
+    full: bool,
+}
+
+impl Load {
+    fn new(start: isize, w: usize) -> Self {
+        let inside = |lane: isize| (0..w as isize).contains(&(start + lane));
+        let lanes: [i32; LANES] = std::array::from_fn(|l| -i32::from(inside(l as isize)));
+        // SAFETY: `[i32; 8]` and `__m256i` have the same size; unaligned load.
+        let mask = unsafe { _mm256_loadu_si256(lanes.as_ptr().cast()) };
+        Self {
+            start,
+            mask,
+            full: lanes.iter().all(|&m| m != 0),
+        }
+    }
+}
+
+/// One chunk of up to 8 outputs of a row, from output column `x0`, and the loads its taps need:
+/// for stride 1, columns `x0 - pl + kx` for `kx` in 0..3; for stride 2, the pairs of loads at
+/// `2 x0 - pl` and `2 x0 - pl + 2` whose even and odd columns are the taps.
+struct Chunk {
+    x0: usize,
+    loads: [Load; 4],
+    /// Outputs of the chunk inside the row: `min(8, ow - x0)`.
+    valid: usize,
+}
+
+impl Chunk {
+    fn new(x0: usize, stride: usize, pl: usize, w: usize, ow: usize) -> Self {
+        let base = (stride * x0) as isize - pl as isize;
+        let starts = if stride == 1 {
+            [base, base + 1, base + 2, base + 2]
+        } else {
+            [base, base + 8, base + 2, base + 10]
+        };
+        Self {
+            x0,
+            loads: starts.map(|start| Load::new(start, w)),
+            valid: (ow - x0).min(LANES),
+        }
+    }
+}
+
+/// Bias and activation in registers: [`Epilogue::activate`] of 8 sums that include the bias.
+#[derive(Clone, Copy)]
+struct Activation8 {
+    slope: __m256,
+    max: __m256,
+}
+
+impl Activation8 {
+    #[inline(always)]
+    unsafe fn new(epilogue: Epilogue) -> Self {
+        // SAFETY: the caller runs on a CPU with AVX2.
+        unsafe {
+            Self {
+                slope: _mm256_set1_ps(epilogue.slope),
+                max: _mm256_set1_ps(epilogue.max),
+            }
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn apply(self, u: __m256) -> __m256 {
+        // SAFETY: the caller runs on a CPU with AVX2.
+        unsafe {
+            let negative = _mm256_cmp_ps::<_CMP_LT_OQ>(u, _mm256_setzero_ps());
+            let u = _mm256_blendv_ps(u, _mm256_mul_ps(u, self.slope), negative);
+            // `max < u ? max : u`: a NaN stays NaN, as in the scalar form.
+            _mm256_min_ps(self.max, u)
+        }
+    }
+}
+
+/// Even lanes (`even`) or odd lanes of the 16 values `a ++ b`, in order.
+#[inline(always)]
+unsafe fn deinterleave(a: __m256, b: __m256) -> (__m256, __m256) {
+    // SAFETY: the caller runs on a CPU with AVX2.
+    unsafe {
+        // Per 128-bit half: a0 a2 b0 b2 | a4 a6 b4 b6; then the 64-bit pairs in order 0 2 1 3.
+        let even = _mm256_shuffle_ps::<0b10_00_10_00>(a, b);
+        let odd = _mm256_shuffle_ps::<0b11_01_11_01>(a, b);
+        (pairs_in_order(even), pairs_in_order(odd))
+    }
+}
+
+/// 64-bit pairs 0 2 1 3 of `v`.
+#[inline(always)]
+unsafe fn pairs_in_order(v: __m256) -> __m256 {
+    // SAFETY: the caller runs on a CPU with AVX2.
+    unsafe { _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(v))) }
+}
+
+/// Output rows summed side by side, for one chunk of columns: independent chains of
+/// multiply-adds, and (stride 1) each input row's columns loaded once for up to three output
+/// rows.
+const ROWS: usize = 4;
+
+impl Chunk {
+    /// The three tap columns of input row `row` (`kx` = 0, 1, 2) for this chunk's outputs.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2; `row` holds the `w` floats the loads were made for.
+    #[inline(always)]
+    unsafe fn columns<const S: usize, const MASKED: bool>(&self, row: *const f32) -> [__m256; 3] {
+        let read = |load: &Load| {
+            // Masked lanes are never touched, so the address may lie outside the row.
+            let at = row.wrapping_offset(load.start);
+            // SAFETY: every lane read is inside the row (all of them unless `MASKED`).
+            unsafe {
+                if MASKED {
+                    _mm256_maskload_ps(at, load.mask)
+                } else {
+                    _mm256_loadu_ps(at)
+                }
+            }
+        };
+        let [l0, l1, l2, l3] = &self.loads;
+        if S == 1 {
+            [read(l0), read(l1), read(l2)]
+        } else {
+            // SAFETY: the caller runs on a CPU with AVX2.
+            unsafe {
+                let (even, odd) = deinterleave(read(l0), read(l1));
+                let (shifted, _) = deinterleave(read(l2), read(l3));
+                [even, odd, shifted]
+            }
+        }
+    }
+}
+
+/// Output rows `oy0..oy0 + R` of one chunk: `rows` are the input rows `S * oy0 - pt + i`
+/// (the zero row where that is padding), `out` the chunk's first output in row `oy0`.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA; `rows` hold the `w` floats the chunk's loads were made
+/// for; `out + r * ow` is the chunk's first output in row `oy0 + r` for `r < R`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn chunk_rows<const R: usize, const S: usize, const MASKED: bool>(
+    rows: &[*const f32; 2 * ROWS + 1],
+    chunk: &Chunk,
+    taps: &[__m256; 9],
+    bias: __m256,
+    activation: Activation8,
+    out: *mut f32,
+    ow: usize,
+) {
+    let mut acc = [bias; R];
+    for (i, &row) in rows.iter().enumerate().take(S * (R - 1) + 3) {
+        // SAFETY: see the function's contract.
+        let columns = unsafe { chunk.columns::<S, MASKED>(row) };
+        for (r, acc) in acc.iter_mut().enumerate() {
+            // Input row `i` is tap row `i - S r` of output row `r`: rows in tap order.
+            let ky = i.wrapping_sub(S * r);
+            if ky < 3 {
+                for (tap, x) in taps[3 * ky..3 * ky + 3].iter().zip(columns) {
+                    // SAFETY: the CPU supports FMA.
+                    *acc = unsafe { _mm256_fmadd_ps(*tap, x, *acc) };
+                }
+            }
+        }
+    }
+    for (r, acc) in acc.into_iter().enumerate() {
+        // SAFETY: see the function's contract.
+        unsafe {
+            let values = activation.apply(acc);
+            let at = out.add(r * ow);
+            if chunk.valid == LANES {
+                _mm256_storeu_ps(at, values);
+            } else {
+                // The row's last, partial chunk, through the stack: a masked store was slower
+                // on AMD Zen 4.
+                let mut lanes = [0f32; LANES];
+                _mm256_storeu_ps(lanes.as_mut_ptr(), values);
+                #[allow(clippy::needless_range_loop)]
+                for l in 0..chunk.valid {
+                    *at.add(l) = lanes[l];
+                }
+            }
+        }
+    }
+}
+
+/// Depthwise 3x3 convolution of channels `channels` of `src` (an `NCHW` image of `h x w`
+/// planes) into `dst` (those channels' `oh x ow` planes), with stride `S` and top and left
+/// padding `(pt, pl)`; `weight` holds 9 taps per channel of the whole layer, `epilogues` one
+/// per channel of `channels`.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA ([`runs`]); `dst` must hold `channels.len() * oh * ow`
+/// values and `src` all channels of `channels`.
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn convolve<const S: usize>(
+    channels: Range<usize>,
+    weight: &[f32],
+    epilogues: &[Epilogue],
+    src: &[f32],
+    dst: &mut [MaybeUninit<f32>],
+    (h, w): (usize, usize),
+    (oh, ow): (usize, usize),
+    (pt, pl): (usize, usize),
+) {
+    let chunks: Vec<(Chunk, bool)> = (0..ow)
+        .step_by(LANES)
+        .map(|x0| {
+            let chunk = Chunk::new(x0, S, pl, w, ow);
+            let masked = !chunk.loads.iter().all(|load| load.full);
+            (chunk, masked)
+        })
+        .collect();
+    let zeros = vec![0f32; w];
+    let planes = src[channels.start * h * w..channels.end * h * w].chunks_exact(h * w);
+    let outputs = dst[..channels.len() * oh * ow].chunks_exact_mut(oh * ow);
+    for (((c, plane), out), &epilogue) in channels.zip(planes).zip(outputs).zip(epilogues) {
+        let taps: [__m256; 9] = std::array::from_fn(|t| _mm256_set1_ps(weight[9 * c + t]));
+        let bias = _mm256_set1_ps(epilogue.bias);
+        let activation = Activation8::new(epilogue);
+        let out = out.as_mut_ptr().cast::<f32>();
+        let mut oy = 0;
+        while oy < oh {
+            let rows: [*const f32; 2 * ROWS + 1] =
+                std::array::from_fn(|i| match (S * oy + i).checked_sub(pt) {
+                    Some(y) if y < h => plane[y * w..].as_ptr(),
+                    _ => zeros.as_ptr(),
+                });
+            let count = (oh - oy).min(ROWS);
+            for (chunk, masked) in &chunks {
+                let at = out.wrapping_add(oy * ow + chunk.x0);
+                // SAFETY: `rows` are input rows of `w` floats or `zeros`; the chunk's outputs
+                // in rows `oy..oy + count` are in the plane.
+                unsafe {
+                    match (count, masked) {
+                        (4, false) => {
+                            chunk_rows::<4, S, false>(&rows, chunk, &taps, bias, activation, at, ow)
+                        }
+                        (4, true) => {
+                            chunk_rows::<4, S, true>(&rows, chunk, &taps, bias, activation, at, ow)
+                        }
+                        (3, false) => {
+                            chunk_rows::<3, S, false>(&rows, chunk, &taps, bias, activation, at, ow)
+                        }
+                        (3, true) => {
+                            chunk_rows::<3, S, true>(&rows, chunk, &taps, bias, activation, at, ow)
+                        }
+                        (2, false) => {
+                            chunk_rows::<2, S, false>(&rows, chunk, &taps, bias, activation, at, ow)
+                        }
+                        (2, true) => {
+                            chunk_rows::<2, S, true>(&rows, chunk, &taps, bias, activation, at, ow)
+                        }
+                        (_, false) => {
+                            chunk_rows::<1, S, false>(&rows, chunk, &taps, bias, activation, at, ow)
+                        }
+                        (_, true) => {
+                            chunk_rows::<1, S, true>(&rows, chunk, &taps, bias, activation, at, ow)
+                        }
+                    }
+                }
+            }
+            oy += count;
+        }
+    }
+}
