@@ -102,11 +102,24 @@ pub struct Moto {
 }
 
 impl Moto {
-    /// Starts moto and waits until it answers.
+    /// Starts moto and waits until it answers as moto.
+    ///
+    /// A port from [`free_port`] can still be taken, before moto binds it, by a listener that
+    /// another test of this process binds on port 0: moto then exits and the other listener
+    /// answers on its port. So moto must answer its own API, else it starts again elsewhere.
     pub fn start() -> Self {
+        for _ in 0..5 {
+            let moto = Self::spawn(free_port());
+            if moto.answers_as_moto() {
+                return moto;
+            }
+        }
+        panic!("moto_server did not start");
+    }
+
+    fn spawn(port: u16) -> Self {
         let bin = repo_root().join(".venv/bin/moto_server");
         assert!(bin.exists(), "{} missing: run `make venv`", bin.display());
-        let port = free_port();
         let mut guard = Command::new("sh")
             .arg("-c")
             .arg(r#""$0" -H 127.0.0.1 -p "$1" >/dev/null 2>&1 & child=$!; read -r _; kill "$child"; wait "$child""#)
@@ -115,18 +128,35 @@ impl Moto {
             .stdin(Stdio::piped())
             .spawn()
             .expect("spawn moto_server");
-        let stdin = guard.stdin.take();
-        let endpoint = format!("http://127.0.0.1:{port}");
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "moto_server did not start");
-            std::thread::sleep(Duration::from_millis(100));
-        }
         Self {
+            stdin: guard.stdin.take(),
             guard: Some(guard),
-            stdin,
-            endpoint,
+            endpoint: format!("http://127.0.0.1:{port}"),
         }
+    }
+
+    /// Waits until the port accepts a connection, then asks for moto's own
+    /// `/moto-api/data.json`: true if the answer is a 200.
+    fn answers_as_moto(&self) -> bool {
+        let address = self.endpoint.trim_start_matches("http://");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut stream = loop {
+            match std::net::TcpStream::connect(address) {
+                Ok(stream) => break stream,
+                Err(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(100))
+                }
+                Err(_) => return false,
+            }
+        };
+        let request = "GET /moto-api/data.json HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n";
+        let mut status = [0u8; 12];
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .is_ok()
+            && stream.write_all(request.as_bytes()).is_ok()
+            && std::io::Read::read_exact(&mut stream, &mut status).is_ok()
+            && status.ends_with(b" 200")
     }
 
     /// A real Secrets Manager client pointed at this moto.
