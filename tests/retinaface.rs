@@ -78,9 +78,9 @@ fn matches_candle_onnx_on_the_original_graph() {
         let want = candle_onnx::simple_eval(&model, inputs).unwrap();
         let ours = net.forward(&input).unwrap();
         for (name, got) in [
-            ("loc", &ours.loc),
-            ("conf", &ours.conf),
-            ("landmarks", &ours.landmarks),
+            ("loc", &ours.loc().unwrap()),
+            ("conf", &ours.conf().unwrap()),
+            ("landmarks", &ours.landmarks().unwrap()),
         ] {
             let diff = tensor_max_abs_diff(got, &want[name]);
             assert!(diff <= 1e-4, "{name} at {h}x{w}: max abs diff {diff}");
@@ -118,9 +118,9 @@ fn matches_onnxruntime_golden_outputs() {
     let ours = net.forward(&input).unwrap();
     let case = &golden["cases"]["synthetic_64x96"]["outputs"];
     for (name, got, k, tol) in [
-        ("loc", &ours.loc, 4, 2e-4),
-        ("conf", &ours.conf, 2, 1e-5),
-        ("landmarks", &ours.landmarks, 10, 2e-4),
+        ("loc", &ours.loc().unwrap(), 4, 2e-4),
+        ("conf", &ours.conf().unwrap(), 2, 1e-5),
+        ("landmarks", &ours.landmarks().unwrap(), 10, 2e-4),
     ] {
         let want = Tensor::from_vec(f32s(&case[name]["full"]), (1, 252, k), &Device::Cpu).unwrap();
         let diff = tensor_max_abs_diff(got, &want);
@@ -137,9 +137,9 @@ fn matches_onnxruntime_golden_outputs() {
         let input = rgb_png_to_input(&shared(&format!("reference/golden/{case_name}.png")));
         let ours = net.forward(&input).unwrap();
         for (name, got, tol) in [
-            ("loc", &ours.loc, 2e-4),
-            ("conf", &ours.conf, 1e-5),
-            ("landmarks", &ours.landmarks, 2e-4),
+            ("loc", &ours.loc().unwrap(), 2e-4),
+            ("conf", &ours.conf().unwrap(), 1e-5),
+            ("landmarks", &ours.landmarks().unwrap(), 2e-4),
         ] {
             let want = &npz[&format!("{case_name}__{name}")];
             let diff = tensor_max_abs_diff(got, want);

@@ -231,13 +231,48 @@ impl Module for Ssh {
     }
 }
 
-/// Raw network outputs in the ONNX layout: `loc [1,A,4]`, `conf [1,A,2]` (softmaxed),
-/// `landmarks [1,A,10]`, anchors ordered level, row, column, anchor size.
+/// Raw network outputs: per pyramid level (strides 8, 16, 32), the stacked heads
+/// `[1, A * (2 + 4 + 10), H, W]`: the class logits of the `A` anchors of each position, then
+/// their box regressions, then their landmark regressions. [`decode`] reads them in place;
+/// [`Self::loc`], [`Self::conf`] and [`Self::landmarks`] give them in the ONNX layout.
 #[derive(Debug, Clone)]
 pub struct RawOutputs {
-    pub loc: Tensor,
-    pub conf: Tensor,
-    pub landmarks: Tensor,
+    heads: [Tensor; 3],
+}
+
+impl RawOutputs {
+    /// Values `start..start + width` of each anchor, levels concatenated: `[1, anchors, width]`,
+    /// anchors ordered level, row, column, anchor size.
+    fn onnx_layout(&self, start: usize, width: usize) -> Result<Tensor> {
+        let levels = self
+            .heads
+            .iter()
+            .map(|heads| {
+                let n = heads.dim(0)?;
+                heads
+                    .narrow(1, ANCHORS * start, ANCHORS * width)?
+                    .permute((0, 2, 3, 1))?
+                    .contiguous()?
+                    .reshape((n, (), width))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Tensor::cat(&levels, 1)
+    }
+
+    /// ONNX output `loc`: `[1, anchors, 4]` box regressions.
+    pub fn loc(&self) -> Result<Tensor> {
+        self.onnx_layout(HEAD_WIDTHS[0], HEAD_WIDTHS[1])
+    }
+
+    /// ONNX output `conf`: `[1, anchors, 2]` class probabilities (background, face).
+    pub fn conf(&self) -> Result<Tensor> {
+        candle_nn::ops::softmax(&self.onnx_layout(0, HEAD_WIDTHS[0])?, D::Minus1)
+    }
+
+    /// ONNX output `landmarks`: `[1, anchors, 10]` landmark regressions.
+    pub fn landmarks(&self) -> Result<Tensor> {
+        self.onnx_layout(HEAD_WIDTHS[0] + HEAD_WIDTHS[1], HEAD_WIDTHS[2])
+    }
 }
 
 /// The RetinaFace network.
@@ -283,28 +318,9 @@ impl RetinaFace {
     pub fn forward(&self, xs: &Tensor) -> Result<RawOutputs> {
         let features = self.backbone.forward(xs)?;
         let pyramid = self.fpn.forward(&features)?;
-        let mut loc = Vec::with_capacity(3);
-        let mut conf = Vec::with_capacity(3);
-        let mut landmarks = Vec::with_capacity(3);
-        // (N, A*k, H, W) -> (N, H*W*A, k)
-        let flatten = |t: Tensor, k: usize| -> Result<Tensor> {
-            let n = t.dim(0)?;
-            t.permute((0, 2, 3, 1))?.contiguous()?.reshape((n, (), k))
-        };
-        for (level, feature) in pyramid.iter().enumerate() {
-            let heads = self.heads[level].forward(&self.ssh[level].forward(feature)?)?;
-            let [class, bbox, landmark] = HEAD_WIDTHS;
-            let part = |start: usize, width: usize| {
-                flatten(heads.narrow(1, ANCHORS * start, ANCHORS * width)?, width)
-            };
-            conf.push(part(0, class)?);
-            loc.push(part(class, bbox)?);
-            landmarks.push(part(class + bbox, landmark)?);
-        }
+        let level = |i: usize| self.heads[i].forward(&self.ssh[i].forward(&pyramid[i])?);
         Ok(RawOutputs {
-            loc: Tensor::cat(&loc, 1)?,
-            conf: candle_nn::ops::softmax(&Tensor::cat(&conf, 1)?, D::Minus1)?,
-            landmarks: Tensor::cat(&landmarks, 1)?,
+            heads: [level(0)?, level(1)?, level(2)?],
         })
     }
 }
@@ -371,42 +387,56 @@ pub fn decode(
     nms_iou: f32,
 ) -> Result<Vec<Detection>> {
     let priors = priors(height, width);
-    // `[1, anchors, width]` as one flat vector (not a vector per anchor: 3 x 3,160 allocations).
-    let rows = |t: &Tensor, width: usize| -> Result<Vec<f32>> {
-        let (_, anchors, w) = t.dims3()?;
-        if (anchors, w) != (priors.len(), width) {
-            candle_core::bail!("{} anchors for outputs {:?}", priors.len(), t.dims());
-        }
-        t.flatten_all()?.to_vec1::<f32>()
-    };
-    let conf = rows(&raw.conf, 2)?;
-    let loc = rows(&raw.loc, 4)?;
-    let lms = rows(&raw.landmarks, 10)?;
+    let anchors: usize = raw
+        .heads
+        .iter()
+        .map(|heads| heads.dims4().map(|(_, _, h, w)| h * w * ANCHORS))
+        .sum::<Result<usize>>()?;
+    if anchors != priors.len() {
+        candle_core::bail!("{} anchors for {anchors} head outputs", priors.len());
+    }
+    let [class, bbox, _] = HEAD_WIDTHS.map(|width| ANCHORS * width);
     let mut candidates: Vec<Detection> = Vec::new();
-    for (anchor, prior) in priors.iter().enumerate() {
-        let score = conf[anchor * 2 + 1];
-        if score <= score_threshold {
-            continue;
+    let mut anchor = 0;
+    for heads in &raw.heads {
+        let (_, _, h, w) = heads.dims4()?;
+        let plane = h * w;
+        // One copy of the level's heads (`[channels, plane]`), read in place.
+        let values = heads.flatten_all()?.to_vec1::<f32>()?;
+        let at = |channel: usize, position: usize| values[channel * plane + position];
+        for position in 0..plane {
+            for a in 0..ANCHORS {
+                let prior = priors[anchor];
+                anchor += 1;
+                // Softmax of the two class logits, as `RawOutputs::conf` computes it.
+                let (background, face) = (at(2 * a, position), at(2 * a + 1, position));
+                let max = background.max(face);
+                let (e0, e1) = ((background - max).exp(), (face - max).exp());
+                let score = e1 / (e0 + e1);
+                if score <= score_threshold {
+                    continue;
+                }
+                let [pcx, pcy, pw, ph] = prior;
+                let l: [f32; 4] = std::array::from_fn(|i| at(class + 4 * a + i, position));
+                let cx = pcx + l[0] * VARIANCE[0] * pw;
+                let cy = pcy + l[1] * VARIANCE[0] * ph;
+                let w = pw * (l[2] * VARIANCE[1]).exp();
+                let h = ph * (l[3] * VARIANCE[1]).exp();
+                let m = |i: usize| at(class + bbox + 10 * a + i, position);
+                let landmarks = std::array::from_fn(|k| {
+                    [
+                        pcx + m(2 * k) * VARIANCE[0] * pw,
+                        pcy + m(2 * k + 1) * VARIANCE[0] * ph,
+                    ]
+                });
+                candidates.push(Detection {
+                    score,
+                    bbox: [cx - w / 2.0, cy - h / 2.0, cx + w / 2.0, cy + h / 2.0],
+                    landmarks,
+                    anchor: anchor - 1,
+                });
+            }
         }
-        let [pcx, pcy, pw, ph] = *prior;
-        let l = &loc[anchor * 4..][..4];
-        let cx = pcx + l[0] * VARIANCE[0] * pw;
-        let cy = pcy + l[1] * VARIANCE[0] * ph;
-        let w = pw * (l[2] * VARIANCE[1]).exp();
-        let h = ph * (l[3] * VARIANCE[1]).exp();
-        let m = &lms[anchor * 10..][..10];
-        let landmarks = std::array::from_fn(|k| {
-            [
-                pcx + m[2 * k] * VARIANCE[0] * pw,
-                pcy + m[2 * k + 1] * VARIANCE[0] * ph,
-            ]
-        });
-        candidates.push(Detection {
-            score,
-            bbox: [cx - w / 2.0, cy - h / 2.0, cx + w / 2.0, cy + h / 2.0],
-            landmarks,
-            anchor,
-        });
     }
     candidates.sort_by(|a, b| b.score.total_cmp(&a.score));
     let mut kept: Vec<Detection> = Vec::new();
