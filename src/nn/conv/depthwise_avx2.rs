@@ -10,8 +10,8 @@
 //! the phase planes of the portable kernel cost more than the arithmetic on the small maps of
 //! the late layers. Bias and activation are applied in registers.
 //!
-//! Each output sums `bias` then the in-bounds taps in row-major tap order, one fused
-//! multiply-add each (padded taps add `tap * 0`), as the portable kernel does.
+//! Each output sums `bias` then its 9 taps in row-major order, one fused multiply-add each (a
+//! padded tap adds `tap * 0`), as the portable kernel does.
 
 use std::arch::x86_64::*;
 use std::mem::MaybeUninit;
@@ -69,6 +69,7 @@ impl Chunk {
     fn new(x0: usize, stride: usize, pl: usize, w: usize, ow: usize) -> Self {
         let base = (stride * x0) as isize - pl as isize;
         let starts = if stride == 1 {
+            // Three loads; the fourth repeats the third and is not read.
             [base, base + 1, base + 2, base + 2]
         } else {
             [base, base + 8, base + 2, base + 10]
@@ -112,7 +113,7 @@ impl Activation8 {
     }
 }
 
-/// Even lanes (`even`) or odd lanes of the 16 values `a ++ b`, in order.
+/// The even and the odd lanes of the 16 values `a ++ b`, each in order.
 #[inline(always)]
 unsafe fn deinterleave(a: __m256, b: __m256) -> (__m256, __m256) {
     // SAFETY: the caller runs on a CPU with AVX2.
@@ -132,8 +133,7 @@ unsafe fn pairs_in_order(v: __m256) -> __m256 {
 }
 
 /// Output rows summed side by side, for one chunk of columns: independent chains of
-/// multiply-adds, and (stride 1) each input row's columns loaded once for up to three output
-/// rows.
+/// multiply-adds, and each input row's columns loaded once for every output row that uses it.
 const ROWS: usize = 4;
 
 impl Chunk {
