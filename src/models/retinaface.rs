@@ -5,7 +5,7 @@
 //! `fpn.output1.0.bias`, `ssh1.conv3X3.0.weight`, `class_head.0.weight`, ...), written by
 //! `convert-retinaface`. Input: `1x3xHxW` BGR minus (104, 117, 123), any size.
 
-use candle_core::{Module, Result, Tensor, D};
+use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::nn::conv::{Activation, ConvGeometry, FusedConv2d};
@@ -264,9 +264,18 @@ impl RawOutputs {
         self.onnx_layout(HEAD_WIDTHS[0], HEAD_WIDTHS[1])
     }
 
-    /// ONNX output `conf`: `[1, anchors, 2]` class probabilities (background, face).
+    /// ONNX output `conf`: `[1, anchors, 2]` class probabilities (background, face), by the
+    /// softmax [`decode`] scores anchors with.
     pub fn conf(&self) -> Result<Tensor> {
-        candle_nn::ops::softmax(&self.onnx_layout(0, HEAD_WIDTHS[0])?, D::Minus1)
+        let logits = self.onnx_layout(0, HEAD_WIDTHS[0])?;
+        let shape = logits.shape().clone();
+        let probabilities: Vec<f32> = logits
+            .flatten_all()?
+            .to_vec1::<f32>()?
+            .chunks_exact(2)
+            .flat_map(|pair| softmax2([pair[0], pair[1]]))
+            .collect();
+        Tensor::from_vec(probabilities, shape, logits.device())
     }
 
     /// ONNX output `landmarks`: `[1, anchors, 10]` landmark regressions.
@@ -408,11 +417,7 @@ pub fn decode(
             for a in 0..ANCHORS {
                 let prior = priors[anchor];
                 anchor += 1;
-                // Softmax of the two class logits, as `RawOutputs::conf` computes it.
-                let (background, face) = (at(2 * a, position), at(2 * a + 1, position));
-                let max = background.max(face);
-                let (e0, e1) = ((background - max).exp(), (face - max).exp());
-                let score = e1 / (e0 + e1);
+                let [_, score] = softmax2([at(2 * a, position), at(2 * a + 1, position)]);
                 if score <= score_threshold {
                     continue;
                 }
@@ -449,6 +454,14 @@ pub fn decode(
         }
     }
     Ok(kept)
+}
+
+/// Softmax of one anchor's two class logits `[background, face]`, as the ONNX graph's
+/// `Softmax` computes it (exponentials of the logits minus their maximum, over their sum).
+fn softmax2(logits: [f32; 2]) -> [f32; 2] {
+    let max = logits[0].max(logits[1]);
+    let [e0, e1] = logits.map(|l| (l - max).exp());
+    [e0 / (e0 + e1), e1 / (e0 + e1)]
 }
 
 /// Intersection over union of two `[x1, y1, x2, y2]` boxes.
