@@ -314,7 +314,8 @@ impl FusedConv2d {
         // Grouped (not depthwise) layers split only whole groups; we split those not at all.
         let splits = self.kind == Kernel::Depthwise || self.geometry.groups == 1;
         let flops = self.flops(plane);
-        // Measured rates (`liveness bench --layers`): GEMMs about 90 GFLOP/s, depthwise 25.
+        // Measured rates (`liveness bench --layers`): GEMMs about 90 GFLOP/s, depthwise 25 (the
+        // phase-plane kernel; the in-place AVX2 one runs 15-50, so this overestimates some).
         let nanos = flops
             / if self.kind == Kernel::Depthwise {
                 25.0
@@ -737,7 +738,7 @@ fn depthwise_kernel() -> DepthwiseKernel {
     if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
         return |taps, starts, phases, epilogue, run| {
             // SAFETY: this closure is only returned after checking the CPU has AVX2 and FMA.
-            unsafe { depthwise_avx2(taps, starts, phases, epilogue, run) }
+            unsafe { depthwise_phases_avx2(taps, starts, phases, epilogue, run) }
         };
     }
     depthwise_portable
@@ -762,7 +763,7 @@ fn depthwise_portable(
 /// The CPU must support AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn depthwise_avx2(
+unsafe fn depthwise_phases_avx2(
     taps: &[f32],
     starts: &[usize],
     phases: &[f32],

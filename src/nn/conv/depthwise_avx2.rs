@@ -80,6 +80,37 @@ impl Chunk {
             valid: (ow - x0).min(LANES),
         }
     }
+
+    /// The three tap columns of input row `row` (`kx` = 0, 1, 2) for this chunk's outputs.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2; `row` holds the `w` floats the loads were made for.
+    #[inline(always)]
+    unsafe fn columns<const S: usize, const MASKED: bool>(&self, row: *const f32) -> [__m256; 3] {
+        let read = |load: &Load| {
+            // Masked lanes are never touched, so the address may lie outside the row.
+            let at = row.wrapping_offset(load.start);
+            // SAFETY: every lane read is inside the row (all of them unless `MASKED`).
+            unsafe {
+                if MASKED {
+                    _mm256_maskload_ps(at, load.mask)
+                } else {
+                    _mm256_loadu_ps(at)
+                }
+            }
+        };
+        let [l0, l1, l2, l3] = &self.loads;
+        if S == 1 {
+            [read(l0), read(l1), read(l2)]
+        } else {
+            // SAFETY: the caller runs on a CPU with AVX2.
+            unsafe {
+                let (even, odd) = deinterleave(read(l0), read(l1));
+                let (shifted, _) = deinterleave(read(l2), read(l3));
+                [even, odd, shifted]
+            }
+        }
+    }
 }
 
 /// Bias and activation in registers: [`Epilogue::activate`] of 8 sums that include the bias.
@@ -135,39 +166,6 @@ unsafe fn pairs_in_order(v: __m256) -> __m256 {
 /// Output rows summed side by side, for one chunk of columns: independent chains of
 /// multiply-adds, and each input row's columns loaded once for every output row that uses it.
 const ROWS: usize = 4;
-
-impl Chunk {
-    /// The three tap columns of input row `row` (`kx` = 0, 1, 2) for this chunk's outputs.
-    ///
-    /// # Safety
-    /// The CPU must support AVX2; `row` holds the `w` floats the loads were made for.
-    #[inline(always)]
-    unsafe fn columns<const S: usize, const MASKED: bool>(&self, row: *const f32) -> [__m256; 3] {
-        let read = |load: &Load| {
-            // Masked lanes are never touched, so the address may lie outside the row.
-            let at = row.wrapping_offset(load.start);
-            // SAFETY: every lane read is inside the row (all of them unless `MASKED`).
-            unsafe {
-                if MASKED {
-                    _mm256_maskload_ps(at, load.mask)
-                } else {
-                    _mm256_loadu_ps(at)
-                }
-            }
-        };
-        let [l0, l1, l2, l3] = &self.loads;
-        if S == 1 {
-            [read(l0), read(l1), read(l2)]
-        } else {
-            // SAFETY: the caller runs on a CPU with AVX2.
-            unsafe {
-                let (even, odd) = deinterleave(read(l0), read(l1));
-                let (shifted, _) = deinterleave(read(l2), read(l3));
-                [even, odd, shifted]
-            }
-        }
-    }
-}
 
 /// Output rows `oy0..oy0 + R` of one chunk: `rows` are the input rows `S * oy0 - pt + i`
 /// (the zero row where that is padding), `out` the chunk's first output in row `oy0`.
