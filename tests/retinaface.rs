@@ -67,10 +67,18 @@ fn matches_candle_onnx_on_the_original_graph() {
     let mut model = candle_onnx::read_file(&onnx_path).expect("ONNX from `make models`");
     drop_empty_resize_scales(&mut model);
     let net = network();
-    // Square, non-square, odd and tiny sizes (every pyramid level must round up the same way).
-    for (i, &(h, w)) in [(64, 96), (37, 53), (120, 90), (33, 33), (161, 127)]
-        .iter()
-        .enumerate()
+    // Square, non-square, odd and tiny sizes (every pyramid level must round up the same way),
+    // and the service's 240x320, whose stride-8 level is large enough for Winograd F(4x4).
+    for (i, &(h, w)) in [
+        (64, 96),
+        (37, 53),
+        (120, 90),
+        (33, 33),
+        (161, 127),
+        (240, 320),
+    ]
+    .iter()
+    .enumerate()
     {
         let input = pseudo_random_input(h, w, i as u32 + 1);
         let mut inputs = HashMap::new();
