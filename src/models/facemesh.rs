@@ -22,7 +22,7 @@
 //! [`mesh_input`] builds the network input from a photo and a detector box, and [`RoiTransform`]
 //! maps the landmarks back to image pixels.
 
-use crate::nn::conv::{Activation, ConvGeometry, FusedConv2d};
+use crate::nn::conv::{contiguous_f32, Activation, ConvGeometry, FusedConv2d};
 use candle_core::{CpuStorage, CustomOp2, Device, Layout, Module, Result, Shape, Tensor};
 use candle_nn::VarBuilder;
 use std::path::Path;
@@ -102,13 +102,7 @@ impl CustomOp2 for PooledResidualPRelu {
                 l2.shape()
             );
         }
-        fn contiguous<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
-            match (s, l.contiguous_offsets()) {
-                (CpuStorage::F32(d), Some((a, b))) => Ok(&d[a..b]),
-                _ => candle_core::bail!("residual expects contiguous f32 inputs"),
-            }
-        }
-        let (branch, shortcut) = (contiguous(s1, l1)?, contiguous(s2, l2)?);
+        let (branch, shortcut) = (contiguous_f32(s1, l1)?, contiguous_f32(s2, l2)?);
         // Written as a select (not a conditional store) so that it vectorises.
         let prelu = |v: f32, a: f32| if v < 0.0 { v * a } else { v };
         let plane = h * w;

@@ -5,10 +5,10 @@
 //! `fpn.output1.0.bias`, `ssh1.conv3X3.0.weight`, `class_head.0.weight`, ...), written by
 //! `convert-retinaface`. Input: `1x3xHxW` BGR minus (104, 117, 123), any size.
 
-use candle_core::{Module, Result, Tensor};
+use candle_core::{CpuStorage, CustomOp2, Layout, Module, Result, Shape, Tensor};
 use candle_nn::VarBuilder;
 
-use crate::nn::conv::{Activation, ConvGeometry, FusedConv2d};
+use crate::nn::conv::{contiguous_f32, Activation, ConvGeometry, FusedConv2d};
 
 /// Negative slope of every LeakyReLU in the network.
 const LEAKY: f32 = 0.1;
@@ -162,15 +162,59 @@ impl Fpn {
         let out1 = self.lateral[0].forward(&features[0])?;
         let out2 = self.lateral[1].forward(&features[1])?;
         let out3 = self.lateral[2].forward(&features[2])?;
-        let (_, _, h2, w2) = out2.dims4()?;
         let out2 = self
             .merge2
-            .forward(&(out2 + out3.upsample_nearest2d(h2, w2)?)?)?;
-        let (_, _, h1, w1) = out1.dims4()?;
+            .forward(&out2.apply_op2_no_bwd(&out3, &AddUpsampled)?)?;
         let out1 = self
             .merge1
-            .forward(&(out1 + out2.upsample_nearest2d(h1, w1)?)?)?;
+            .forward(&out1.apply_op2_no_bwd(&out2, &AddUpsampled)?)?;
         Ok([out1, out2, out3])
+    }
+}
+
+/// The FPN's top-down step in one pass: `fine + coarse` upsampled (nearest) to `fine`'s size.
+/// Output row `y` reads coarse row `min(floor(y * hc / h), hc - 1)` with the ratio in f64, and
+/// likewise for columns, as candle's `upsample_nearest2d` (checked against the ONNX graph's
+/// Resize by the oracle tests).
+struct AddUpsampled;
+
+impl CustomOp2 for AddUpsampled {
+    fn name(&self) -> &'static str {
+        "retinaface-add-upsampled"
+    }
+
+    fn cpu_fwd(
+        &self,
+        fine: &CpuStorage,
+        fine_layout: &Layout,
+        coarse: &CpuStorage,
+        coarse_layout: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (n, c, h, w) = fine_layout.shape().dims4()?;
+        let (cn, cc, hc, wc) = coarse_layout.shape().dims4()?;
+        if (cn, cc) != (n, c) || hc == 0 || wc == 0 {
+            candle_core::bail!(
+                "cannot upsample {:?} onto {:?}",
+                coarse_layout.shape(),
+                fine_layout.shape()
+            );
+        }
+        let (fine, coarse) = (
+            contiguous_f32(fine, fine_layout)?,
+            contiguous_f32(coarse, coarse_layout)?,
+        );
+        let source = |i: usize, from: usize, to: usize| {
+            ((i as f64 * (from as f64 / to as f64)) as usize).min(from - 1)
+        };
+        let columns: Vec<usize> = (0..w).map(|x| source(x, wc, w)).collect();
+        let mut out = Vec::with_capacity(fine.len());
+        for (fine, coarse) in fine.chunks_exact(h * w).zip(coarse.chunks_exact(hc * wc)) {
+            for (y, row) in fine.chunks_exact(w).enumerate() {
+                let coarse_row = &coarse[source(y, hc, h) * wc..][..wc];
+                out.extend(row.iter().zip(&columns).map(|(&v, &x)| v + coarse_row[x]));
+            }
+        }
+        Ok((CpuStorage::F32(out), fine_layout.shape().clone()))
     }
 }
 

@@ -1092,14 +1092,14 @@ pub mod profile {
     }
 }
 
-/// The values of a contiguous `f32` tensor.
-fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
+/// The values of a contiguous `f32` tensor (the input of one of our custom ops).
+pub(crate) fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
     let CpuStorage::F32(data) = storage else {
-        candle_core::bail!("fused-conv2d expects f32 input");
+        candle_core::bail!("expected an f32 tensor");
     };
     match layout.contiguous_offsets() {
         Some((start, end)) => Ok(&data[start..end]),
-        None => candle_core::bail!("fused-conv2d expects a contiguous input"),
+        None => candle_core::bail!("expected a contiguous tensor"),
     }
 }
 
