@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Fails unless the aarch64 build's depthwise kernel, Winograd transform and GEMM epilogue
+# Fails unless the aarch64 build's depthwise kernel, Winograd transforms and GEMM epilogue
 # (src/nn/conv.rs, src/nn/conv/winograd.rs) are NEON vector code rather than scalar loops. Run
 # by `make test-arm64` on the library's test binary.
 #
@@ -50,10 +50,12 @@ v4s='v[0-9]+\.4s'
 depthwise=$(first_defined 'liveness::nn::conv::depthwise_portable' 'liveness::nn::conv::depthwise_run')
 check "$depthwise" "fmla[[:space:]]+${v4s}" 68 'vector FMAs (fmla .4s)'
 check "$depthwise" "fcm(lt|gt)[[:space:]]+${v4s}" 2 'vector compares (fcmlt/fcmgt .4s)'
-# Winograd input transform, eight tiles at a time: its adds and subtracts as 4-lane vectors
-# (2 x 32 per group of tiles).
-winograd=$(first_defined 'liveness::nn::conv::winograd::input_portable')
-check "$winograd" "f(add|sub)[[:space:]]+${v4s}" 32 'vector adds/subtracts (fadd/fsub .4s)'
+# Winograd input transforms, eight tiles at a time: their adds and subtracts as 4-lane vectors
+# (instructions in the compiled functions, Neoverse N1 build: F(2x2) 44, F(4x4) 92).
+winograd2=$(first_defined 'liveness::nn::conv::winograd::input2_portable')
+check "$winograd2" "f(add|sub)[[:space:]]+${v4s}" 32 'vector adds/subtracts (fadd/fsub .4s)'
+winograd4=$(first_defined 'liveness::nn::conv::winograd::input4_portable')
+check "$winograd4" "f(add|sub)[[:space:]]+${v4s}" 64 'vector adds/subtracts (fadd/fsub .4s)'
 # GEMM epilogue (bias, leaky/PReLU slope, clamp) as 4-lane compares and selects: inside the
 # portable register-tiled GEMM kernel where there is one, else in the epilogue pass after
 # the `gemm` crate's multiply.
