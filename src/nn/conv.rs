@@ -704,7 +704,7 @@ impl PhaseLayout {
 
 /// Writes an input row into the even and odd columns of its zero-padded row, input column `x`
 /// being padded column `x + pl`: `even[i]` is padded column `2 i` and `odd[i]` column `2 i + 1`.
-/// (The stride-2 phase planes, and the Winograd tiles' column phases.)
+/// (The stride-2 phase planes, and the column phases of Winograd F(2x2)'s tiles.)
 fn split_padded_columns(row: &[f32], pl: usize, even: &mut [f32], odd: &mut [f32]) {
     // Input columns 2j and 2j+1 land in the phases of `pl` and `pl + 1`.
     let (first, second) = if pl % 2 == 0 {
