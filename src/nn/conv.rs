@@ -193,7 +193,7 @@ impl FusedConv2d {
                 Kernel::Im2col
             };
         let winograd = (kind == Kernel::Winograd)
-            .then(|| winograd::transform_weights(&weight, out_channels, in_channels));
+            .then(|| winograd::Weights::new(&weight, out_channels, in_channels));
         Ok(Self {
             weight,
             winograd,
@@ -614,8 +614,8 @@ fn write_copy<'a>(dst: &'a mut [MaybeUninit<f32>], src: &[f32]) -> &'a mut [f32]
 
 /// Output positions from which dense 3x3 stride-1 layers run Winograd: on smaller maps its
 /// transforms and tile padding cost more than the multiplies saved. RetinaFace's 8x10 layers
-/// (80 positions) ran 25-45% faster through im2col (64->48 0.082-0.089 -> 0.062 ms), its 15x20
-/// ones (300) as fast or, for 64->64, 30% slower.
+/// (80 positions) ran 24-46% faster through im2col (64->48 0.082-0.089 -> 0.062 ms), its 15x20
+/// ones (300) as fast with 16 input channels and 40-57% slower with 64.
 const WINOGRAD_MIN_PLANE: usize = 128;
 
 /// Layers expected to take less than this run on one thread: below it, handing half the work

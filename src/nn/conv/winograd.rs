@@ -31,7 +31,7 @@ const SKEW: usize = 16;
 const BLOCK_FLOATS: usize = 384 * 1024;
 
 /// Maps of at least this many 4x4 tiles run F(4x4), smaller ones F(2x2). Measured one layer at a
-/// time on one thread: RetinaFace's 30x40 layers (80 tiles) ran 4-18% faster in F(4x4), its 15x20
+/// time on one thread: RetinaFace's 30x40 layers (80 tiles) ran 6-20% faster in F(4x4), its 15x20
 /// ones (20 tiles) 4-50% slower, the 36 GEMMs then having too few columns each.
 const MIN_TILES_4X4: usize = 40;
 
@@ -76,7 +76,9 @@ const G4: [[f64; 3]; 6] = [
 ];
 
 /// A layer's transformed kernels for both tile sizes (the input size, which picks one, is known
-/// only when the layer runs): 52 floats per input-output channel pair, 4 MB for RetinaFace.
+/// only when the layer runs): 52 floats per input-output channel pair, 4 MB for RetinaFace,
+/// computed at load in 4.2 ms. (Computing each on first use instead made RetinaFace's forward
+/// 0.2-0.3 ms slower in three alternating runs, for reasons not found.)
 #[derive(Debug, Clone)]
 pub(super) struct Weights {
     /// F(2x2): `[16, Cout, Cin]`.
@@ -85,16 +87,27 @@ pub(super) struct Weights {
     large: Vec<f32>,
 }
 
-/// `U = G g Gᵀ` for every `[Cout, Cin, 3, 3]` kernel `g`, at both tile sizes, laid out
-/// `[positions, Cout, Cin]` so that position `ξ`'s matrix is the contiguous left operand of its
-/// GEMM. Computed in f64.
-pub(super) fn transform_weights(weight: &[f32], cout: usize, cin: usize) -> Weights {
-    Weights {
-        small: transform_with(&G2, weight, cout, cin),
-        large: transform_with(&G4, weight, cout, cin),
+impl Weights {
+    /// The kernels of the `[Cout, Cin, 3, 3]` `weight` at both tile sizes.
+    pub(super) fn new(weight: &[f32], cout: usize, cin: usize) -> Self {
+        Self {
+            small: transform_with(&G2, weight, cout, cin),
+            large: transform_with(&G4, weight, cout, cin),
+        }
+    }
+
+    /// `variant`'s kernels.
+    fn get(&self, variant: &Variant) -> &[f32] {
+        if variant.m == 2 {
+            &self.small
+        } else {
+            &self.large
+        }
     }
 }
 
+/// `U = G g Gᵀ` for every `[Cout, Cin, 3, 3]` kernel `g`, laid out `[positions, Cout, Cin]` so
+/// that position `ξ`'s matrix is the contiguous left operand of its GEMM. Computed in f64.
 fn transform_with(g_matrix: &[[f64; 3]], weight: &[f32], cout: usize, cin: usize) -> Vec<f32> {
     let n = g_matrix.len();
     let mut u = vec![0f32; n * n * cout * cin];
@@ -116,9 +129,8 @@ fn transform_with(g_matrix: &[[f64; 3]], weight: &[f32], cout: usize, cin: usize
 }
 
 /// A 3x3 stride-1 convolution of one `[Cin, h, w]` image with zero padding `[top, left, bottom,
-/// right]`: output channels `channels` of the `cout` whose kernels `weights` holds
-/// ([`transform_weights`]), into `dst` (`[channels, oh, ow]`), `epilogues` one per channel of
-/// `channels`.
+/// right]`: output channels `channels` of the `cout` whose kernels `weights` holds, into `dst`
+/// (`[channels, oh, ow]`), `epilogues` one per channel of `channels`.
 pub(super) fn convolve(
     (weights, cin, cout): (&Weights, usize, usize),
     channels: std::ops::Range<usize>,
@@ -130,11 +142,12 @@ pub(super) fn convolve(
 ) {
     let [pt, pl, pb, pr] = padding;
     let (oh, ow) = (h + pt + pb - 2, w + pl + pr - 2);
-    let (variant, u) = if oh.div_ceil(4) * ow.div_ceil(4) >= MIN_TILES_4X4 {
-        (variant4(), &weights.large)
+    let variant = if oh.div_ceil(4) * ow.div_ceil(4) >= MIN_TILES_4X4 {
+        variant4()
     } else {
-        (variant2(), &weights.small)
+        variant2()
     };
+    let u = weights.get(&variant);
     let plan = Plan::new(variant, (cin, channels.len()), (oh, ow));
     let padded_len = Padded::len(cin, &plan.tiles, variant.m);
     let positions = variant.positions();
@@ -319,7 +332,7 @@ struct Padded<'a> {
 /// phase `q` of patch row `i` is [`Patch::phase`]`(i, q)`, its value `j` belonging to tile
 /// `col + j` (and, for phases 0 and 1, value `j + 1` too).
 #[derive(Clone, Copy)]
-pub(super) struct Patch<'a> {
+struct Patch<'a> {
     values: &'a [f32],
     /// Where phase 0 of patch row 0 starts, at tile column `col`.
     start: usize,
@@ -388,7 +401,8 @@ impl<'a> Padded<'a> {
 /// one after the other in `phases`), input column `x` being padded column `x + pl`: value `i`
 /// of phase `q` is padded column `4 i + q`.
 fn split_padded_columns4(row: &[f32], pl: usize, phases: &mut [f32], part: usize) {
-    let mut put = |x: usize, value: f32| {
+    // One input column to its phase.
+    let put = |phases: &mut [f32], x: usize, value: f32| {
         let column = x + pl;
         phases[(column % 4) * part + column / 4] = value;
     };
@@ -396,7 +410,7 @@ fn split_padded_columns4(row: &[f32], pl: usize, phases: &mut [f32], part: usize
     // each phase; then the last few.
     let head = ((4 - pl % 4) % 4).min(row.len());
     for (x, &value) in row[..head].iter().enumerate() {
-        put(x, value);
+        put(phases, x, value);
     }
     let quads = row[head..].chunks_exact(4);
     let tail = head + 4 * quads.len();
@@ -411,8 +425,7 @@ fn split_padded_columns4(row: &[f32], pl: usize, phases: &mut [f32], part: usize
         p3[first + i] = quad[3];
     }
     for (x, &value) in row.iter().enumerate().skip(tail) {
-        let column = x + pl;
-        phases[(column % 4) * part + column / 4] = value;
+        put(phases, x, value);
     }
 }
 
