@@ -245,6 +245,26 @@ impl<'a> MappedView<'a> {
     }
 }
 
+/// The 256 byte values as floats, indexed by the byte. Converting with `as f32` compiles to
+/// `cvtsi2ss` on baseline x86-64, which writes only part of its register and so waits for the
+/// register's previous value: in a per-pixel loop that chains every pixel to the one before.
+pub(crate) struct Levels([f32; 256]);
+
+impl Levels {
+    pub(crate) fn new() -> Self {
+        Self(std::array::from_fn(|i| i as f32))
+    }
+}
+
+impl std::ops::Index<u8> for Levels {
+    type Output = f32;
+
+    #[inline]
+    fn index(&self, byte: u8) -> &f32 {
+        &self.0[byte as usize]
+    }
+}
+
 /// One contribution of a source index to a destination index in OpenCV's area resize.
 #[derive(Debug, Clone, Copy)]
 struct AreaTap {
@@ -343,6 +363,7 @@ fn resize_area(src: &MappedView, dst_w: u32, dst_h: u32) -> Vec<u8> {
         range.end = i + 1;
     }
     let mut pixels = vec![0u8; src_w as usize * CN];
+    let levels = Levels::new();
     // The horizontal pass of the current source row (a row feeding two destination rows is
     // passed once): per destination column, its taps summed in order from zero, as OpenCV
     // accumulates them into its zeroed buffer.
@@ -364,7 +385,7 @@ fn resize_area(src: &MappedView, dst_w: u32, dst_h: u32) -> Vec<u8> {
                 let source = pixels[first * CN..].chunks_exact(CN);
                 for (p, &weight) in source.zip(taps) {
                     for (a, &v) in acc.iter_mut().zip(p) {
-                        *a += v as f32 * weight;
+                        *a += levels[v] * weight;
                     }
                 }
                 b.copy_from_slice(&acc);
