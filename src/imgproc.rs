@@ -117,14 +117,7 @@ pub fn resize_bilinear(img: &RgbImage, window: Window, dst_w: u32, dst_h: u32) -
                 hpass(sy1, &mut buf1);
                 cached.1 = Some(sy1);
             }
-            for ((o, &a), &b) in dst.iter_mut().zip(&buf0).zip(&buf1) {
-                // OpenCV's SIMD rounding (VResizeLinearVec_32s8u), which is what cv2 runs for
-                // every pixel of a 3-channel row: drop 4 bits, multiply-high by the 16-bit
-                // weight, then round off the last 2 bits. The scalar `(a*b0 + b*b1 + 2^21) >> 22`
-                // differs by 1 on ~12% of the pixels of the golden mask crop.
-                let v = (((a >> 4) * b0) >> 16) + (((b >> 4) * b1) >> 16);
-                *o = ((v + 2) >> 2).clamp(0, 255) as u8;
-            }
+            blend_rows(dst, (&buf0, b0), (&buf1, b1));
         }
     };
     let mut out = vec![0u8; row_len * dst_h as usize];
@@ -137,6 +130,40 @@ pub fn resize_bilinear(img: &RgbImage, window: Window, dst_w: u32, dst_h: u32) -
         rows(&ys, &mut out);
     }
     out
+}
+
+/// The vertical pass of [`resize_bilinear`]: one output row from the horizontal passes `a` and
+/// `b` of its two source rows and their weights. With AVX2 where the CPU has it (baseline
+/// x86-64 has no 32-bit vector multiply): 700x700 -> 224x224 took 0.19 instead of 0.23 ms.
+fn blend_rows(out: &mut [u8], a: (&[i32], i32), b: (&[i32], i32)) {
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports AVX2 (checked just above).
+        return unsafe { blend_rows_avx2(out, a, b) };
+    }
+    blend_rows_portable(out, a, b)
+}
+
+#[inline(always)]
+fn blend_rows_portable(out: &mut [u8], (a, wa): (&[i32], i32), (b, wb): (&[i32], i32)) {
+    for ((o, &a), &b) in out.iter_mut().zip(a).zip(b) {
+        // OpenCV's SIMD rounding (VResizeLinearVec_32s8u), which is what cv2 runs for every
+        // pixel of a 3-channel row: drop 4 bits, multiply-high by the 16-bit weight, then round
+        // off the last 2 bits. The scalar `(a*b0 + b*b1 + 2^21) >> 22` differs by 1 on ~12% of
+        // the pixels of the golden mask crop.
+        let v = (((a >> 4) * wa) >> 16) + (((b >> 4) * wb) >> 16);
+        *o = ((v + 2) >> 2).clamp(0, 255) as u8;
+    }
+}
+
+/// [`blend_rows_portable`] compiled for AVX2.
+///
+/// # Safety
+/// The CPU must support AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn blend_rows_avx2(out: &mut [u8], a: (&[i32], i32), b: (&[i32], i32)) {
+    blend_rows_portable(out, a, b)
 }
 
 /// Output bytes from which [`resize_bilinear`] splits its rows between two threads (about
