@@ -500,6 +500,15 @@ impl FusedConv2d {
             return self.depthwise_global(channels, src, dst);
         }
         #[cfg(target_arch = "x86_64")]
+        if depthwise_avx2::runs_small(self.kernel, self.geometry.stride, self.geometry.padding, w) {
+            let epilogues = self.epilogues(channels.clone());
+            // SAFETY: `runs_small` checked the CPU; `dst` holds the planes of `channels`.
+            unsafe {
+                depthwise_avx2::convolve_small(channels, &self.weight, &epilogues, src, dst, (h, w))
+            };
+            return;
+        }
+        #[cfg(target_arch = "x86_64")]
         if depthwise_avx2::runs(self.kernel, self.geometry.stride) {
             let [pt, pl, ..] = self.geometry.padding;
             let epilogues = self.epilogues(channels.clone());

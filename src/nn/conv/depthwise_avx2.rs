@@ -306,3 +306,160 @@ pub(super) unsafe fn convolve<const S: usize>(
         }
     }
 }
+
+/// Whether [`convolve_small`] runs a depthwise layer: a 3x3 kernel, stride 1, padding 1 on
+/// every side, and rows narrower than [`SMALL_MAP_COLUMNS`].
+pub(super) fn runs_small(
+    kernel: (usize, usize),
+    stride: usize,
+    padding: [usize; 4],
+    w: usize,
+) -> bool {
+    runs(kernel, stride) && stride == 1 && padding == [1; 4] && w < SMALL_MAP_COLUMNS
+}
+
+/// Maps narrower than this run [`convolve_small`].
+const SMALL_MAP_COLUMNS: usize = 32;
+
+/// [`convolve`] for small maps (stride 1, padding 1): each channel's plane is one run of
+/// `h * w` outputs, summed 8 at a time whatever the row boundaries, instead of rows of 8-wide
+/// chunks whose edge chunks are masked (a 7- or 14-column row is all edge chunks). The plane is
+/// copied once between zeros, so the rows above and below read as padding; the left and right
+/// tap of an output in the first or last column would read the neighbouring row, and are
+/// masked to zero instead. The sums are those of [`convolve`], in the same order.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA ([`runs_small`]); `dst` must hold `channels.len() * h * w`
+/// values and `src` all channels of `channels`.
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn convolve_small(
+    channels: Range<usize>,
+    weight: &[f32],
+    epilogues: &[Epilogue],
+    src: &[f32],
+    dst: &mut [MaybeUninit<f32>],
+    (h, w): (usize, usize),
+) {
+    let plane = h * w;
+    let vectors = plane.div_ceil(LANES);
+    // Zeros before the plane for the row above the first, after it for the row below the last
+    // and the last vector's lanes past the plane.
+    let lead = w + 1;
+    let mut padded = vec![0f32; lead + vectors * LANES + w + 1];
+    // Per vector of outputs: lanes not in the first column, lanes not in the last.
+    let column_masks: Vec<[__m256; 2]> = (0..vectors)
+        .map(|v| {
+            let lanes = |keep: &dyn Fn(usize) -> bool| -> __m256 {
+                let bits: [i32; LANES] =
+                    std::array::from_fn(|l| -i32::from(keep((v * LANES + l) % w)));
+                // SAFETY: `[i32; 8]` and `__m256` have the same size; unaligned load.
+                unsafe { _mm256_loadu_ps(bits.as_ptr().cast()) }
+            };
+            [lanes(&|x| x != 0), lanes(&|x| x != w - 1)]
+        })
+        .collect();
+    let planes = src[channels.start * plane..channels.end * plane].chunks_exact(plane);
+    let outputs = dst[..channels.len() * plane].chunks_exact_mut(plane);
+    for (((c, input), out), &epilogue) in channels.zip(planes).zip(outputs).zip(epilogues) {
+        padded[lead..lead + plane].copy_from_slice(input);
+        let taps: [__m256; 9] = std::array::from_fn(|t| _mm256_set1_ps(weight[9 * c + t]));
+        let bias = _mm256_set1_ps(epilogue.bias);
+        let activation = Activation8::new(epilogue);
+        let out = out.as_mut_ptr().cast::<f32>();
+        for (v, [not_first, not_last]) in column_masks.iter().enumerate() {
+            // The output's own position in `padded`, minus one row and one column.
+            let corner = padded.as_ptr().wrapping_add(lead + v * LANES - w - 1);
+            let mut acc = bias;
+            for ky in 0..3 {
+                for kx in 0..3 {
+                    // SAFETY: `lead` zeros before the plane and `w + 1` after the last vector
+                    // keep every tap inside `padded`.
+                    let x = unsafe { _mm256_loadu_ps(corner.add(ky * w + kx)) };
+                    let x = match kx {
+                        0 => _mm256_and_ps(x, *not_first),
+                        2 => _mm256_and_ps(x, *not_last),
+                        _ => x,
+                    };
+                    acc = _mm256_fmadd_ps(taps[3 * ky + kx], x, acc);
+                }
+            }
+            let values = activation.apply(acc);
+            let valid = (plane - v * LANES).min(LANES);
+            // SAFETY: outputs `v * 8 .. v * 8 + valid` are in the plane.
+            unsafe {
+                let at = out.add(v * LANES);
+                if valid == LANES {
+                    _mm256_storeu_ps(at, values);
+                } else {
+                    let mut lanes = [0f32; LANES];
+                    _mm256_storeu_ps(lanes.as_mut_ptr(), values);
+                    std::ptr::copy_nonoverlapping(lanes.as_ptr(), at, valid);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The small-map kernel gives the row kernel's values bit for bit (same sums, same order):
+    /// rows narrower than, as wide as and wider than a vector, and planes that end inside one.
+    #[test]
+    fn small_maps_sum_as_the_row_kernel() {
+        if !runs((3, 3), 1) {
+            return;
+        }
+        let channels = 3;
+        let weight: Vec<f32> = (0..9 * channels)
+            .map(|i| ((i * 7) % 11) as f32 * 0.3 - 1.4)
+            .collect();
+        let epilogues = [
+            (0.5, 0.1, 6.0),
+            (-0.25, 0.0, f32::INFINITY),
+            (0.0, 1.0, 2.0),
+        ]
+        .map(|(bias, slope, max)| Epilogue { bias, slope, max });
+        for (h, w) in [
+            (1, 1),
+            (3, 2),
+            (3, 3),
+            (7, 7),
+            (5, 12),
+            (14, 14),
+            (8, 8),
+            (9, 31),
+        ] {
+            let src: Vec<f32> = (0..channels * h * w)
+                .map(|i| ((i * 37) % 23) as f32 * 0.17 - 1.9)
+                .collect();
+            let run = |small: bool| {
+                let mut dst = vec![MaybeUninit::new(f32::NAN); channels * h * w];
+                // SAFETY: `runs` checked the CPU; `dst` holds every channel's plane.
+                unsafe {
+                    if small {
+                        convolve_small(0..channels, &weight, &epilogues, &src, &mut dst, (h, w));
+                    } else {
+                        let (size, padding) = ((h, w), (1, 1));
+                        let (epilogues, dst) = (&epilogues, &mut dst);
+                        convolve::<1>(
+                            0..channels,
+                            &weight,
+                            epilogues,
+                            &src,
+                            dst,
+                            size,
+                            size,
+                            padding,
+                        );
+                    }
+                    dst.iter()
+                        .map(|v| v.assume_init().to_bits())
+                        .collect::<Vec<u32>>()
+                }
+            };
+            assert_eq!(run(true), run(false), "{h}x{w}");
+        }
+    }
+}
