@@ -19,7 +19,7 @@ use candle_core::{Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::imgproc::{resize_bilinear, Window};
-use crate::nn::conv::{Activation, ConvGeometry, FusedConv2d};
+use crate::nn::conv::{inverted_residual, Activation, ConvGeometry, FusedConv2d};
 
 /// Side of the square network input, in pixels.
 pub const INPUT_SIZE: usize = 224;
@@ -148,16 +148,13 @@ impl InvertedResidual {
 
 impl Module for InvertedResidual {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let hidden = match &self.expand {
-            Some(expand) => expand.forward(xs)?,
-            None => xs.clone(),
-        };
-        let hidden = self.depthwise.forward(&hidden)?;
-        if self.residual {
-            self.project.forward_with_shortcut(&hidden, xs)
-        } else {
-            self.project.forward(&hidden)
-        }
+        inverted_residual(
+            self.expand.as_ref(),
+            &self.depthwise,
+            &self.project,
+            xs,
+            self.residual,
+        )
     }
 }
 

@@ -26,9 +26,12 @@ use std::ops::Range;
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Module, Result, Shape, Tensor};
 
+mod banded;
 #[cfg(target_arch = "x86_64")]
 mod depthwise_avx2;
 mod winograd;
+
+pub use banded::inverted_residual;
 
 /// The non-linearity applied after bias, fused into the convolution.
 #[derive(Debug, Clone, PartialEq)]
@@ -1085,6 +1088,19 @@ pub mod profile {
         RECORDS.with(|r| r.borrow().is_some())
     }
 
+    /// Records a layer, or a fused block of layers, as one entry.
+    pub(super) fn record_block(layer: String, flops: f64, elapsed: Duration) {
+        RECORDS.with(|r| {
+            if let Some(records) = r.borrow_mut().as_mut() {
+                records.push(LayerTime {
+                    layer,
+                    flops,
+                    elapsed,
+                });
+            }
+        });
+    }
+
     pub(super) fn record(
         conv: &FusedConv2d,
         n: usize,
@@ -1104,16 +1120,7 @@ pub mod profile {
             Kernel::Im2col => format!("conv {kh}x{kw}/{s} {cin}->{cout} {h}x{w}"),
             Kernel::Winograd => format!("winograd 3x3/1 {cin}->{cout} {h}x{w}"),
         };
-        let flops = conv.flops(n * oh * ow);
-        RECORDS.with(|r| {
-            if let Some(records) = r.borrow_mut().as_mut() {
-                records.push(LayerTime {
-                    layer,
-                    flops,
-                    elapsed,
-                });
-            }
-        });
+        record_block(layer, conv.flops(n * oh * ow), elapsed);
     }
 }
 
