@@ -84,6 +84,10 @@ enum Command {
         /// Per-layer times and GFLOP/s of every network's convolutions (median per layer).
         #[arg(long, conflicts_with = "networks_only")]
         layers: bool,
+        /// Decode and each network's input preparation on the 1920x1080 JPEG, with the caches
+        /// warm and flushed.
+        #[arg(long, conflicts_with_all = ["networks_only", "layers"])]
+        preprocessing: bool,
     },
     /// Serve the HTTP API locally (same router as the Lambda); see docs/api.md.
     Serve {
@@ -124,10 +128,12 @@ fn main() -> Result<()> {
             iterations,
             networks_only,
             layers,
-        } => match (networks_only, layers) {
-            (_, true) => bench_networks(&config.model_dir, iterations, NetworkBench::Layers),
-            (true, false) => bench_networks(&config.model_dir, iterations, NetworkBench::Forward),
-            (false, false) => bench(config, &image, iterations),
+            preprocessing,
+        } => match (networks_only, layers, preprocessing) {
+            (_, true, _) => bench_networks(&config.model_dir, iterations, NetworkBench::Layers),
+            (true, ..) => bench_networks(&config.model_dir, iterations, NetworkBench::Forward),
+            (.., true) => bench_preprocessing(config, &image, iterations),
+            _ => bench(config, &image, iterations),
         },
         Command::Serve { port } => serve(config, port),
     }
@@ -621,9 +627,7 @@ fn bench(config: PipelineConfig, image: &Path, iterations: usize) -> Result<()> 
         "image", "decode", "detect", "gate", "crop", "classify", "total"
     );
     for (w, h) in [(640u32, 480u32), (1920, 1080)] {
-        let resized = image::imageops::resize(&source, w, h, image::imageops::FilterType::Triangle);
-        let mut jpeg = Vec::new();
-        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 90).encode_image(&resized)?;
+        let jpeg = reencoded(&source, w, h)?;
         let mut stages: [Vec<f64>; 6] = Default::default();
         for _ in 0..iterations {
             let t = pipeline.assess_encoded(&jpeg)?.timings;
@@ -646,6 +650,101 @@ fn bench(config: PipelineConfig, image: &Path, iterations: usize) -> Result<()> 
         println!("{:<10} {}", format!("{w}x{h}"), cells.join(" "));
     }
     bench_networks(&model_dir, iterations, NetworkBench::Forward)
+}
+
+/// The photo at `w x h`, as a quality-90 JPEG.
+fn reencoded(source: &image::RgbImage, w: u32, h: u32) -> Result<Vec<u8>> {
+    let resized = image::imageops::resize(source, w, h, image::imageops::FilterType::Triangle);
+    let mut jpeg = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 90).encode_image(&resized)?;
+    Ok(jpeg)
+}
+
+/// Decode and every network's input preparation for the face of the 1920x1080 JPEG, each
+/// timed with the caches warm (the same step just before) and flushed (64 MiB written first,
+/// as when a request's photo has been decoded and the networks have run since).
+fn bench_preprocessing(config: PipelineConfig, image: &Path, iterations: usize) -> Result<()> {
+    use liveness::imgproc::{resize_bilinear, Window};
+    let source = liveness::image_io::decode_rgb(&std::fs::read(image)?, Default::default())?;
+    let jpeg = reencoded(&source, 1920, 1080)?;
+    let decode = || liveness::image_io::decode_rgb(&jpeg, config.decode);
+    let photo = decode()?;
+    let pipeline = Pipeline::load(config.clone())?;
+    let Some(face) = pipeline.assess_image(&photo)?.diagnostics.selected else {
+        anyhow::bail!("no face selected in {}", image.display());
+    };
+    let anti_spoof = liveness::models::minifasnet::Variant::ALL
+        .into_iter()
+        .map(|v| liveness::antispoof::AntiSpoofModel::load(&config.model_dir, v))
+        .collect::<Result<Vec<_>, _>>()?;
+    let (w, h) = photo.dimensions();
+    let (dw, dh) = liveness::detector::detector_input_size(w, h, config.detector_long_side);
+    let [left_eye, right_eye, ..] = face.landmarks;
+    type Step<'a> = Box<dyn Fn() -> Result<()> + 'a>;
+    let mut steps: Vec<(String, Step)> = vec![
+        (
+            "decode 1920x1080 JPEG".into(),
+            Box::new(|| decode().map(drop).map_err(Into::into)),
+        ),
+        (
+            format!("detector input {dw}x{dh}"),
+            Box::new(|| {
+                let full = Window { x: 0, y: 0, w, h };
+                std::hint::black_box(resize_bilinear(&photo, full, dw, dh));
+                Ok(())
+            }),
+        ),
+        (
+            "FaceMesh input 192x192".into(),
+            Box::new(|| {
+                let mesh = liveness::models::facemesh::mesh_input;
+                mesh(&photo, face.bbox, left_eye, right_eye)
+                    .map(drop)
+                    .map_err(Into::into)
+            }),
+        ),
+        (
+            "mask input 224x224".into(),
+            Box::new(|| {
+                liveness::models::mask::mask_input(&photo, face.bbox)
+                    .map(drop)
+                    .map_err(Into::into)
+            }),
+        ),
+    ];
+    for model in &anti_spoof {
+        let name = format!("{} input", model.variant().name());
+        let step: Step = Box::new(|| model.input(&photo, face.bbox).map(drop).map_err(Into::into));
+        steps.push((name, step));
+    }
+    println!(
+        "face box {:?} in a {w}x{h} photo; median (min-max) ms over {iterations} iterations",
+        face.bbox.map(|v| v.round())
+    );
+    println!("{:<28} {:>18} {:>18}", "step", "warm", "caches flushed");
+    let mut flush = vec![0u8; 64 << 20];
+    for (name, step) in &steps {
+        let (mut warm, mut cold) = (Vec::new(), Vec::new());
+        for _ in 0..iterations {
+            step()?;
+            let start = Instant::now();
+            step()?;
+            warm.push(start.elapsed().as_secs_f64() * 1e3);
+            for byte in flush.iter_mut().step_by(64) {
+                *byte = byte.wrapping_add(1);
+            }
+            std::hint::black_box(&flush);
+            let start = Instant::now();
+            step()?;
+            cold.push(start.elapsed().as_secs_f64() * 1e3);
+        }
+        println!(
+            "{name:<28} {:>18} {:>18}",
+            summary(&mut warm),
+            summary(&mut cold)
+        );
+    }
+    Ok(())
 }
 
 /// What `bench_networks` reports for each network.

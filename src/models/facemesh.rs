@@ -389,6 +389,25 @@ impl RoiTransform {
     }
 }
 
+/// Output rows ahead of the current one whose source lines [`mesh_input`] prefetches.
+const PREFETCH_ROWS_AHEAD: usize = 1;
+/// Output columns between prefetched samples: at most a cache line apart for ROIs up to about
+/// 4 x 192 pixels wide (nearer lines are fetched twice, which costs little).
+const PREFETCH_STEP: usize = 4;
+
+/// Asks the CPU to bring the cache line holding `byte` into cache (a hint; no-op off x86-64).
+#[inline(always)]
+fn prefetch(byte: &u8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch never faults, and `byte` is a valid reference anyway.
+    unsafe {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        _mm_prefetch::<_MM_HINT_T0>((byte as *const u8).cast());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = byte;
+}
+
 /// `x.floor() as i64` without a libm call (baseline x86-64 has no rounding instruction).
 #[inline]
 fn floor(x: f64) -> i64 {
@@ -444,7 +463,22 @@ pub fn mesh_input(
     let k = roi.size as f64 / INPUT_SIZE as f64;
     let (sin, cos) = (roi.angle as f64).sin_cos();
     let (step_u, step_v) = ([k * cos, k * sin], [-k * sin, k * cos]);
+    // The photo is usually out of cache by now, and a row of samples crosses many lines: each
+    // sample row fetches the lines of the next one, a sample in 4. For a face of a 1080p photo,
+    // 30 runs after writing 64 MiB: 1.76 -> 0.81-0.86 ms (warm: 0.51 -> 0.47); 2 to 16 rows
+    // ahead, or a whole row's lines at once, did worse. `liveness bench --preprocessing`.
+    let prefetch = |u: usize, v: usize| {
+        let x = origin[0] + u as f64 * step_u[0] + v as f64 * step_v[0];
+        let y = origin[1] + u as f64 * step_u[1] + v as f64 * step_v[1];
+        let (x0, y0) = (floor(x), floor(y));
+        if x0 >= 0 && y0 >= 0 && x0 < w && y0 + 1 < h {
+            let i = y0 as usize * stride + x0 as usize * 3;
+            prefetch(&raw[i]);
+            prefetch(&raw[i + stride]);
+        }
+    };
     for v in 0..INPUT_SIZE {
+        let ahead = v + PREFETCH_ROWS_AHEAD;
         let (vx, vy) = (v as f64 * step_v[0], v as f64 * step_v[1]);
         let row = v * INPUT_SIZE..(v + 1) * INPUT_SIZE;
         let outputs = red[row.clone()]
@@ -452,6 +486,9 @@ pub fn mesh_input(
             .zip(&mut green[row.clone()])
             .zip(&mut blue[row]);
         for (u, ((r, g), b)) in outputs.enumerate() {
+            if u % PREFETCH_STEP == 0 && ahead < INPUT_SIZE {
+                prefetch(u, ahead);
+            }
             let x = origin[0] + u as f64 * step_u[0] + vx;
             let y = origin[1] + u as f64 * step_u[1] + vy;
             let (x0, y0) = (floor(x), floor(y));
