@@ -338,6 +338,130 @@ fn area_taps(src_len: u32, dst_len: u32) -> Vec<AreaTap> {
     taps
 }
 
+/// The horizontal pass of [`resize_area`]'s general path: per destination column, its taps
+/// (consecutive source columns) summed in order from zero, as OpenCV accumulates them into its
+/// zeroed buffer. Every column has `per_column` taps, the shorter ones padded with zero weights
+/// (adding `0 * p` leaves the non-negative sums as they are), so that the AVX2 pass can sum two
+/// columns' three channels in one register, tap by tap.
+struct AreaColumns {
+    per_column: usize,
+    /// First source column of each destination column.
+    first: Vec<usize>,
+    /// `per_column` weights per destination column.
+    weights: Vec<f32>,
+}
+
+impl AreaColumns {
+    fn new(taps: &[AreaTap], dst_len: usize) -> Self {
+        let mut counts = vec![0; dst_len];
+        let mut first = vec![usize::MAX; dst_len];
+        for tap in taps {
+            counts[tap.dst] += 1;
+            first[tap.dst] = first[tap.dst].min(tap.src);
+        }
+        let per_column = counts.iter().copied().max().unwrap_or(0);
+        let mut weights = vec![0f32; dst_len * per_column];
+        let mut slots = vec![0; dst_len];
+        for tap in taps {
+            debug_assert_eq!(tap.src, first[tap.dst] + slots[tap.dst]);
+            weights[tap.dst * per_column + slots[tap.dst]] = tap.weight;
+            slots[tap.dst] += 1;
+        }
+        Self {
+            per_column,
+            first,
+            weights,
+        }
+    }
+
+    /// `buf[3 d + c]` = the sum over destination column `d`'s taps of weight times channel `c`
+    /// of `pixels` (an RGB row followed by at least `3 (per_column + 1)` zero bytes); `buf` has
+    /// one float more than the `3 * columns` it receives.
+    fn pass(&self, pixels: &[u8], buf: &mut [f32]) {
+        assert!(pixels.len() >= (self.first.iter().max().unwrap_or(&0) + self.per_column + 1) * 3);
+        assert_eq!(buf.len(), self.first.len() * 3 + 1);
+        #[cfg(target_arch = "x86_64")]
+        if is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2; the lengths were checked above.
+            return unsafe { self.pass_avx2(pixels, buf) };
+        }
+        self.pass_columns(0, pixels, buf);
+    }
+
+    /// The portable pass, from destination column `d0` on.
+    fn pass_columns(&self, d0: usize, pixels: &[u8], buf: &mut [f32]) {
+        let levels = Levels::new();
+        let columns = self
+            .first
+            .iter()
+            .zip(self.weights.chunks_exact(self.per_column));
+        for (b, (first, taps)) in buf[3 * d0..].chunks_exact_mut(3).zip(columns.skip(d0)) {
+            let mut acc = [0f32; 3];
+            for (p, &weight) in pixels[first * 3..].chunks_exact(3).zip(taps) {
+                for (a, &v) in acc.iter_mut().zip(p) {
+                    *a += levels[v] * weight;
+                }
+            }
+            b.copy_from_slice(&acc);
+        }
+    }
+
+    /// [`Self::pass`] two destination columns at a time: lanes 0-2 the first column's
+    /// channels, 4-6 the second's, each tap read as 4 bytes (the 4th, the next pixel's first
+    /// channel, lands in a lane that is not stored). Products and sums are rounded as the
+    /// portable pass rounds them (multiply, then add; no FMA).
+    ///
+    /// # Safety
+    /// The CPU must support AVX2; `pixels` and `buf` as [`Self::pass`] checks.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn pass_avx2(&self, pixels: &[u8], buf: &mut [f32]) {
+        use std::arch::x86_64::*;
+        let per_column = self.per_column;
+        let pairs = self.first.len() / 2;
+        for pair in 0..pairs {
+            let d = 2 * pair;
+            let (a0, b0) = (self.first[d] * 3, self.first[d + 1] * 3);
+            let (wa, wb) = (
+                &self.weights[d * per_column..][..per_column],
+                &self.weights[(d + 1) * per_column..][..per_column],
+            );
+            let mut acc = _mm256_setzero_ps();
+            for (t, (&wa, &wb)) in wa.iter().zip(wb).enumerate() {
+                // SAFETY: `first + t + 1` pixels lie within `pixels` (checked by `pass`).
+                let (a, b) = unsafe {
+                    (
+                        pixels
+                            .as_ptr()
+                            .add(a0 + 3 * t)
+                            .cast::<i32>()
+                            .read_unaligned(),
+                        pixels
+                            .as_ptr()
+                            .add(b0 + 3 * t)
+                            .cast::<i32>()
+                            .read_unaligned(),
+                    )
+                };
+                let bytes = _mm_set_epi32(0, 0, b, a);
+                let values = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(bytes));
+                let weights = _mm256_setr_m128(_mm_set1_ps(wa), _mm_set1_ps(wb));
+                acc = _mm256_add_ps(acc, _mm256_mul_ps(values, weights));
+            }
+            // SAFETY: 4 floats from `3 d` and from `3 d + 3` lie within `buf` (one spare float
+            // after the last column); the second store overwrites the first's 4th lane.
+            unsafe {
+                _mm_storeu_ps(buf.as_mut_ptr().add(3 * d), _mm256_castps256_ps128(acc));
+                _mm_storeu_ps(
+                    buf.as_mut_ptr().add(3 * d + 3),
+                    _mm256_extractf128_ps::<1>(acc),
+                );
+            }
+        }
+        self.pass_columns(2 * pairs, pixels, buf);
+    }
+}
+
 /// OpenCV's 8-bit `INTER_AREA` downscale. An integer scale factor takes OpenCV's fast path (block
 /// means); any other uses its float area weights, accumulated in the same order.
 fn resize_area(src: &MappedView, dst_w: u32, dst_h: u32) -> Vec<u8> {
@@ -375,26 +499,13 @@ fn resize_area(src: &MappedView, dst_w: u32, dst_h: u32) -> Vec<u8> {
         }
         return out;
     }
-    let xtaps = area_taps(src_w, dst_w);
+    let columns = AreaColumns::new(&area_taps(src_w, dst_w), dst_w as usize);
     let ytaps = area_taps(src_h, dst_h);
-    // Each destination column's taps, consecutive in `xtaps` and over consecutive source
-    // columns: (first source column, range of `weights`).
-    let weights: Vec<f32> = xtaps.iter().map(|tap| tap.weight).collect();
-    let mut columns = vec![(0, 0..0); dst_w as usize];
-    for (i, tap) in xtaps.iter().enumerate() {
-        let (first, range) = &mut columns[tap.dst];
-        if range.start == range.end {
-            (*first, *range) = (tap.src, i..i);
-        }
-        debug_assert_eq!(tap.src, *first + range.len());
-        range.end = i + 1;
-    }
-    let mut pixels = vec![0u8; src_w as usize * CN];
-    let levels = Levels::new();
+    // Room past the row for the zero-weight taps of the last columns and a 4-byte read.
+    let mut pixels = vec![0u8; (src_w as usize + columns.per_column + 1) * CN];
     // The horizontal pass of the current source row (a row feeding two destination rows is
-    // passed once): per destination column, its taps summed in order from zero, as OpenCV
-    // accumulates them into its zeroed buffer.
-    let mut buf = vec![0f32; row_len];
+    // passed once), with one float of room for the AVX2 pass's 4-lane stores.
+    let mut buf = vec![0f32; row_len + 1];
     let mut buf_row = None;
     let mut sum = vec![0f32; row_len];
     let store = |dst: &mut [u8], sum: &[f32]| {
@@ -405,18 +516,8 @@ fn resize_area(src: &MappedView, dst_w: u32, dst_h: u32) -> Vec<u8> {
     let mut current = ytaps[0].dst;
     for tap in &ytaps {
         if buf_row != Some(tap.src) {
-            src.copy_row(tap.src as u32, &mut pixels);
-            for (b, (first, range)) in buf.chunks_exact_mut(CN).zip(&columns) {
-                let mut acc = [0f32; CN];
-                let taps = &weights[range.clone()];
-                let source = pixels[first * CN..].chunks_exact(CN);
-                for (p, &weight) in source.zip(taps) {
-                    for (a, &v) in acc.iter_mut().zip(p) {
-                        *a += levels[v] * weight;
-                    }
-                }
-                b.copy_from_slice(&acc);
-            }
+            src.copy_row(tap.src as u32, &mut pixels[..src_w as usize * CN]);
+            columns.pass(&pixels, &mut buf);
             buf_row = Some(tap.src);
         }
         if tap.dst != current {
