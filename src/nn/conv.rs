@@ -5,7 +5,7 @@
 //! - depthwise (one input channel per group): a direct loop summing all taps of 8 outputs in
 //!   registers, reading zero-padded phase planes ([`PhaseLayout`]) so it has no bounds tests;
 //!   on x86-64 with AVX2 and FMA, 3x3 stride 1 and 2 read the input in place instead
-//!   ([`depthwise_avx2`]);
+//!   ([`depthwise_avx2`]; maps narrower than 32 columns as one flat run per plane);
 //! - dense 3x3 stride 1: Winograd ([`winograd`]), F(4x4, 3x3) with 36 GEMMs over blocks of
 //!   tiles, or F(2x2, 3x3) with 16 on maps of fewer than 40 4x4 tiles; im2col below
 //!   [`WINOGRAD_MIN_PLANE`] output positions;
@@ -18,6 +18,9 @@
 //! computed as on one thread.
 //! The depthwise kernel and the GEMM epilogue are compiled twice on x86-64, portable and
 //! AVX2(+FMA), and picked at runtime; the `gemm` crate dispatches its own (AVX2 or AVX-512).
+//!
+//! [`inverted_residual`] runs an expand / depthwise / project block in bands of rows where its
+//! expanded map is too large for L2 ([`banded`]).
 //!
 //! Input must be `f32`, `NCHW`; any batch size.
 

@@ -39,15 +39,17 @@ pub fn inverted_residual(
     xs: &Tensor,
     residual: bool,
 ) -> Result<Tensor> {
-    let block = Block {
-        expand,
-        depthwise,
-        project,
-        residual,
-    };
     let (_, _, h, w) = xs.dims4()?;
-    if block.runs_banded(h, w) {
-        return xs.contiguous()?.apply_op1_no_bwd(&block);
+    if let Some(expand) = expand {
+        let block = Block {
+            expand,
+            depthwise,
+            project,
+            residual,
+        };
+        if block.runs_banded(h, w) {
+            return xs.contiguous()?.apply_op1_no_bwd(&block);
+        }
     }
     let hidden = match expand {
         Some(expand) => expand.forward(xs)?,
@@ -63,8 +65,7 @@ pub fn inverted_residual(
 
 /// The three layers of a block, as one candle op.
 struct Block<'a> {
-    /// Absent in a block without expansion, which never runs banded.
-    expand: Option<&'a FusedConv2d>,
+    expand: &'a FusedConv2d,
     depthwise: &'a FusedConv2d,
     project: &'a FusedConv2d,
     residual: bool,
@@ -81,14 +82,9 @@ impl Block<'_> {
         in_place
             && rayon::current_num_threads() == 1
             && dw.kind == Kernel::Depthwise
-            && self.expand.is_some_and(pointwise)
+            && pointwise(self.expand)
             && pointwise(self.project)
             && dw.in_channels * h * w >= BANDED_MIN_FLOATS
-    }
-
-    fn in_channels(&self) -> usize {
-        self.expand
-            .map_or(self.depthwise.in_channels, |e| e.in_channels)
     }
 
     /// All `n` inputs (`input`, `NCHW`) to their `cout x oh x ow` outputs.
@@ -143,7 +139,7 @@ impl Block<'_> {
         let rows = ((in_rows_max - 3) / s + 1).min(oh);
         let mut expanded = vec![0f32; hidden * (s * (rows - 1) + 3) * w];
         let mut dw_out = vec![MaybeUninit::<f32>::uninit(); hidden * rows * ow];
-        let expand = self.expand.expect("checked by runs_banded");
+        let expand = self.expand;
         let expand_epilogues = expand.epilogues(0..hidden);
         let dw_epilogues = dw.epilogues(0..hidden);
         let project_epilogues = self.project.epilogues(0..cout);
@@ -156,7 +152,6 @@ impl Block<'_> {
             let r1 = (s * (oy0 + band - 1) + 3).saturating_sub(pt).min(h);
             let n = (r1 - r0) * w;
             let band_in = &mut expanded[..hidden * n];
-            let epilogues = &expand_epilogues;
             // SAFETY: no `accumulate`: `band_in` is only written, with `f32`s.
             unsafe {
                 let dst = as_uninit(band_in);
@@ -171,7 +166,7 @@ impl Block<'_> {
                     dst,
                     false,
                 );
-                apply_to_written_rows(epilogues, dst, n, n);
+                apply_to_written_rows(&expand_epilogues, dst, n, n);
             }
             let band_out = &mut dw_out[..hidden * band * ow];
             let pt_band = (r0 as isize - first) as usize;
@@ -222,10 +217,10 @@ impl CustomOp1 for Block<'_> {
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let (n, c, h, w) = layout.shape().dims4()?;
-        if c != self.in_channels() {
+        if c != self.expand.in_channels {
             candle_core::bail!(
                 "block expects {} input channels, got {c}",
-                self.in_channels()
+                self.expand.in_channels
             );
         }
         let (oh, ow) = self.depthwise.output_size(h, w)?;
@@ -237,6 +232,16 @@ impl CustomOp1 for Block<'_> {
                 layout.shape()
             );
         }
+        let (expand, dw, project) = (self.expand, self.depthwise, self.project);
+        if expand.out_channels != dw.in_channels || dw.out_channels != project.in_channels {
+            candle_core::bail!(
+                "block channels do not chain: {}->{}, depthwise {}, {}->{cout}",
+                expand.in_channels,
+                expand.out_channels,
+                dw.in_channels,
+                project.in_channels
+            );
+        }
         if !self.runs_banded(h, w) {
             candle_core::bail!("this block does not run banded on this CPU");
         }
@@ -244,7 +249,7 @@ impl CustomOp1 for Block<'_> {
         let start = profile::is_recording().then(std::time::Instant::now);
         let out = self.run(input, (n, c, h, w), (cout, oh, ow));
         if let Some(start) = start {
-            let flops = self.expand.map_or(0.0, |e| e.flops(n * h * w))
+            let flops = self.expand.flops(n * h * w)
                 + self.depthwise.flops(n * oh * ow)
                 + self.project.flops(n * oh * ow);
             let layer = format!(
@@ -308,7 +313,7 @@ mod tests {
             let depthwise = layer(hidden, hidden, 3, geometry, 2);
             let project = layer(cout, hidden, 1, ConvGeometry::new(1, 0, 1), 3);
             let block = Block {
-                expand: Some(&expand),
+                expand: &expand,
                 depthwise: &depthwise,
                 project: &project,
                 residual,
