@@ -533,6 +533,7 @@ impl FusedConv2d {
                     (h, w),
                     (oh, ow),
                     (pt, pl),
+                    0..oh,
                 )
             };
             return;

@@ -1,14 +1,15 @@
 //! Inverted-residual blocks (expand 1x1, depthwise 3x3, project 1x1) run in bands of output
-//! rows, so that a very large expanded map stays in L2 instead of going to memory and back: per
-//! band, the expansion of the input rows the band's depthwise outputs read (a stride-1 band
-//! recomputes the two rows it shares with the next, stride 2 one), the depthwise convolution of
-//! that band, then its projection into the band's output columns.
+//! rows, so that a very large expanded map (or depthwise output) stays in L2 instead of going to
+//! memory and back: per band, the expansion of the input rows the band's depthwise outputs read
+//! (a stride-1 band recomputes the two rows it shares with the next, stride 2 one), the
+//! depthwise convolution of that band, then its projection into the band's output columns.
+//! Without expansion, the depthwise layer reads the band's rows of the input in place.
 //!
-//! Only the mask classifier's `block_1` (16->96->24, stride 2, a 4.6 MiB expansion at 112x112)
-//! is that large. There, `liveness bench --layers` (2 alternating rounds, one thread) gave
-//! 0.84-0.86 ms against 0.94-1.06 layer by layer. Blocks with 1.7 MiB expansions (56x56, 144
-//! channels) ran 3-9% slower banded, and a block without expansion (the input copied into bands)
-//! 7-20% slower, hence [`BANDED_MIN_FLOATS`].
+//! Only two blocks of the mask classifier are that large (`liveness bench --layers`, one
+//! thread, 3 alternating rounds each): `block_1` (16->96->24, stride 2, a 4.6 MiB expansion at
+//! 112x112) took 0.84-0.86 ms against 0.89-1.07 layer by layer, `expanded_conv` (no expansion,
+//! 32->16, a 1.5 MiB depthwise output) 0.31-0.35 against 0.39-0.43. Blocks with 1.7 MiB
+//! expansions (56x56, 144 channels) ran 3-9% slower banded, hence [`BANDED_MIN_FLOATS`].
 //!
 //! Each output value is computed as layer by layer: the same GEMM sums and the same depthwise
 //! kernel, only on fewer columns at a time.
@@ -24,14 +25,17 @@ use super::{contiguous_f32, profile, FusedConv2d, Kernel};
 
 /// Expanded maps of at least this many floats (4 MiB) run in bands.
 const BANDED_MIN_FLOATS: usize = 1 << 20;
+/// Blocks without expansion run in bands from inputs of this many floats (1 MiB).
+const BANDED_MIN_FLOATS_IN_PLACE: usize = 1 << 18;
 /// Expanded floats per band (384 KiB), so that a band's expansion, its depthwise output and the
 /// weights share L2 (768 KiB bands ran as fast there, 192 KiB ones 45% slower).
 #[cfg(target_arch = "x86_64")]
 const BAND_FLOATS: usize = 96 * 1024;
 
-/// `project(depthwise(expand(xs)))`, plus `xs` when `residual`: in bands of rows where the
-/// expanded map is very large, the CPU runs the in-place depthwise kernel and the pool has one
-/// thread (on two, each layer splits its output channels between them), else layer by layer.
+/// `project(depthwise(expand(xs)))` (`expand` may be absent), plus `xs` when `residual`: in
+/// bands of rows where the depthwise layer's input is very large, the CPU runs the in-place
+/// depthwise kernel and the pool has one thread (on two, each layer splits its output channels
+/// between them), else layer by layer.
 pub fn inverted_residual(
     expand: Option<&FusedConv2d>,
     depthwise: &FusedConv2d,
@@ -40,16 +44,14 @@ pub fn inverted_residual(
     residual: bool,
 ) -> Result<Tensor> {
     let (_, _, h, w) = xs.dims4()?;
-    if let Some(expand) = expand {
-        let block = Block {
-            expand,
-            depthwise,
-            project,
-            residual,
-        };
-        if block.runs_banded(h, w) {
-            return xs.contiguous()?.apply_op1_no_bwd(&block);
-        }
+    let block = Block {
+        expand,
+        depthwise,
+        project,
+        residual,
+    };
+    if block.runs_banded(h, w) {
+        return xs.contiguous()?.apply_op1_no_bwd(&block);
     }
     let hidden = match expand {
         Some(expand) => expand.forward(xs)?,
@@ -65,7 +67,8 @@ pub fn inverted_residual(
 
 /// The three layers of a block, as one candle op.
 struct Block<'a> {
-    expand: &'a FusedConv2d,
+    /// Absent in a block without expansion: its depthwise layer reads the input in place.
+    expand: Option<&'a FusedConv2d>,
     depthwise: &'a FusedConv2d,
     project: &'a FusedConv2d,
     residual: bool,
@@ -82,9 +85,14 @@ impl Block<'_> {
         in_place
             && rayon::current_num_threads() == 1
             && dw.kind == Kernel::Depthwise
-            && pointwise(self.expand)
+            && self.expand.is_none_or(pointwise)
             && pointwise(self.project)
-            && dw.in_channels * h * w >= BANDED_MIN_FLOATS
+            && dw.in_channels * h * w
+                >= if self.expand.is_some() {
+                    BANDED_MIN_FLOATS
+                } else {
+                    BANDED_MIN_FLOATS_IN_PLACE
+                }
     }
 
     /// All `n` inputs (`input`, `NCHW`) to their `cout x oh x ow` outputs.
@@ -137,56 +145,76 @@ impl Block<'_> {
         // Output rows per band: its input rows, `s (rows - 1) + 3`, within BAND_FLOATS.
         let in_rows_max = (BAND_FLOATS / (hidden * w)).max(3);
         let rows = ((in_rows_max - 3) / s + 1).min(oh);
-        let mut expanded = vec![0f32; hidden * (s * (rows - 1) + 3) * w];
+        let expanded_len = if self.expand.is_some() {
+            hidden * (s * (rows - 1) + 3) * w
+        } else {
+            0
+        };
+        let mut expanded = vec![0f32; expanded_len];
         let mut dw_out = vec![MaybeUninit::<f32>::uninit(); hidden * rows * ow];
-        let expand = self.expand;
-        let expand_epilogues = expand.epilogues(0..hidden);
+        let expand_epilogues = self.expand.map(|e| e.epilogues(0..hidden));
         let dw_epilogues = dw.epilogues(0..hidden);
         let project_epilogues = self.project.epilogues(0..cout);
         for oy0 in (0..oh).step_by(rows) {
             let band = rows.min(oh - oy0);
-            // Input rows r0..r1 feed output rows oy0..oy0 + band; those before row 0 or past
-            // row h - 1 are padding, which the kernel reads as zeros.
-            let first = (s * oy0) as isize - pt as isize;
-            let r0 = first.max(0) as usize;
-            let r1 = (s * (oy0 + band - 1) + 3).saturating_sub(pt).min(h);
-            let n = (r1 - r0) * w;
-            let band_in = &mut expanded[..hidden * n];
-            // SAFETY: no `accumulate`: `band_in` is only written, with `f32`s.
-            unsafe {
-                let dst = as_uninit(band_in);
-                let k = expand.in_channels;
-                gemm_row_major(
-                    hidden,
-                    n,
-                    k,
-                    (h * w, n),
-                    &expand.weight,
-                    &input[r0 * w..],
-                    dst,
-                    false,
-                );
-                apply_to_written_rows(&expand_epilogues, dst, n, n);
-            }
             let band_out = &mut dw_out[..hidden * band * ow];
-            let pt_band = (r0 as isize - first) as usize;
-            // SAFETY: `runs_banded` checked the CPU; `band_out` holds `hidden` planes of the
-            // band's `band x ow` outputs, `band_in` `hidden` planes of its `r1 - r0` rows.
-            unsafe {
-                let run = match s {
-                    1 => depthwise_avx2::convolve::<1>,
-                    _ => depthwise_avx2::convolve::<2>,
-                };
-                run(
-                    0..hidden,
-                    &dw.weight,
-                    &dw_epilogues,
-                    band_in,
-                    band_out,
-                    (r1 - r0, w),
-                    (band, ow),
-                    (pt_band, pl),
-                );
+            let run = match s {
+                1 => depthwise_avx2::convolve::<1>,
+                _ => depthwise_avx2::convolve::<2>,
+            };
+            match (self.expand, &expand_epilogues) {
+                (Some(expand), Some(epilogues)) => {
+                    // Input rows r0..r1 feed output rows oy0..oy0 + band; those before row 0
+                    // or past row h - 1 are padding, which the kernel reads as zeros.
+                    let first = (s * oy0) as isize - pt as isize;
+                    let r0 = first.max(0) as usize;
+                    let r1 = (s * (oy0 + band - 1) + 3).saturating_sub(pt).min(h);
+                    let n = (r1 - r0) * w;
+                    let band_in = &mut expanded[..hidden * n];
+                    let pt_band = (r0 as isize - first) as usize;
+                    // SAFETY: no `accumulate`: `band_in` is only written, with `f32`s;
+                    // `runs_banded` checked the CPU; `band_out` holds `hidden` planes of the
+                    // band's `band x ow` outputs, `band_in` `hidden` planes of its rows.
+                    unsafe {
+                        let dst = as_uninit(band_in);
+                        let k = expand.in_channels;
+                        let (rhs, strides) = (&input[r0 * w..], (h * w, n));
+                        gemm_row_major(hidden, n, k, strides, &expand.weight, rhs, dst, false);
+                        apply_to_written_rows(epilogues, dst, n, n);
+                        let (size, padding) = ((r1 - r0, w), (pt_band, pl));
+                        let (weight, band_in) = (&dw.weight, &*band_in);
+                        run(
+                            0..hidden,
+                            weight,
+                            &dw_epilogues,
+                            band_in,
+                            band_out,
+                            size,
+                            (band, ow),
+                            padding,
+                            0..band,
+                        );
+                    }
+                }
+                _ => {
+                    // Without expansion the depthwise layer reads its rows of the input in place.
+                    // SAFETY: as above, `input` holding the `hidden` planes of `h x w`.
+                    unsafe {
+                        let (weight, epilogues) = (&dw.weight, &dw_epilogues);
+                        let rows = oy0..oy0 + band;
+                        run(
+                            0..hidden,
+                            weight,
+                            epilogues,
+                            input,
+                            band_out,
+                            (h, w),
+                            (oh, ow),
+                            (pt, pl),
+                            rows,
+                        );
+                    }
+                }
             }
             // SAFETY: the kernel wrote every value of `band_out`.
             let band_out = unsafe { assume_written(band_out) };
@@ -217,10 +245,20 @@ impl CustomOp1 for Block<'_> {
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let (n, c, h, w) = layout.shape().dims4()?;
-        if c != self.expand.in_channels {
+        let (dw, project) = (self.depthwise, self.project);
+        // Input channels, then the channels the depthwise layer gets.
+        let (cin, hidden) = match self.expand {
+            Some(expand) => (expand.in_channels, expand.out_channels),
+            None => (dw.in_channels, dw.in_channels),
+        };
+        if c != cin {
+            candle_core::bail!("block expects {cin} input channels, got {c}");
+        }
+        if hidden != dw.in_channels || dw.out_channels != project.in_channels {
             candle_core::bail!(
-                "block expects {} input channels, got {c}",
-                self.expand.in_channels
+                "block channels do not chain: {cin}->{hidden}, depthwise {}, project {}",
+                dw.in_channels,
+                project.in_channels
             );
         }
         let (oh, ow) = self.depthwise.output_size(h, w)?;
@@ -232,16 +270,6 @@ impl CustomOp1 for Block<'_> {
                 layout.shape()
             );
         }
-        let (expand, dw, project) = (self.expand, self.depthwise, self.project);
-        if expand.out_channels != dw.in_channels || dw.out_channels != project.in_channels {
-            candle_core::bail!(
-                "block channels do not chain: {}->{}, depthwise {}, {}->{cout}",
-                expand.in_channels,
-                expand.out_channels,
-                dw.in_channels,
-                project.in_channels
-            );
-        }
         if !self.runs_banded(h, w) {
             candle_core::bail!("this block does not run banded on this CPU");
         }
@@ -249,7 +277,7 @@ impl CustomOp1 for Block<'_> {
         let start = profile::is_recording().then(std::time::Instant::now);
         let out = self.run(input, (n, c, h, w), (cout, oh, ow));
         if let Some(start) = start {
-            let flops = self.expand.flops(n * h * w)
+            let flops = self.expand.map_or(0.0, |e| e.flops(n * h * w))
                 + self.depthwise.flops(n * oh * ow)
                 + self.project.flops(n * oh * ow);
             let layer = format!(
@@ -286,25 +314,35 @@ mod tests {
     }
 
     /// Banded blocks give the values of their layers run one by one, bit for bit: stride 1 and 2,
-    /// with and without the residual, over several bands with a short last one.
+    /// with and without the residual, with and without expansion, over several bands with a
+    /// short last one.
     #[test]
     fn banded_blocks_match_their_layers() -> Result<()> {
-        let (cin, hidden, side) = (16, 80, 115);
-        let x: Vec<f32> = (0..cin * side * side)
-            .map(|i| ((i * 37) % 101) as f32 / 50.0 - 1.0)
-            .collect();
-        let x = Tensor::from_vec(x, (1, cin, side, side), &Device::Cpu)?;
+        let side = 115;
+        let input = |channels: usize| {
+            let x: Vec<f32> = (0..channels * side * side)
+                .map(|i| ((i * 37) % 101) as f32 / 50.0 - 1.0)
+                .collect();
+            Tensor::from_vec(x, (1, channels, side, side), &Device::Cpu)
+        };
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(1)
             .build()
             .unwrap();
-        for (stride, padding, cout, residual) in [
-            (1, [1; 4], 16, true),
-            (1, [1; 4], 24, false),
-            (2, [0, 0, 1, 1], 24, false),
-            (2, [1; 4], 24, false),
-        ] {
-            let expand = layer(hidden, cin, 1, ConvGeometry::new(1, 0, 1), 1);
+        // (input channels, expanded channels or none, stride, padding, output channels, residual)
+        let cases = [
+            (16, Some(80), 1, [1; 4], 16, true),
+            (16, Some(80), 1, [1; 4], 24, false),
+            (16, Some(80), 2, [0, 0, 1, 1], 24, false),
+            (16, Some(80), 2, [1; 4], 24, false),
+            (24, None, 1, [1; 4], 24, true),
+            (24, None, 1, [1; 4], 16, false),
+            (24, None, 2, [0, 0, 1, 1], 16, false),
+        ];
+        for (cin, expanded, stride, padding, cout, residual) in cases {
+            let x = input(cin)?;
+            let hidden = expanded.unwrap_or(cin);
+            let expand = expanded.map(|e| layer(e, cin, 1, ConvGeometry::new(1, 0, 1), 1));
             let geometry = ConvGeometry {
                 stride,
                 padding,
@@ -313,16 +351,19 @@ mod tests {
             let depthwise = layer(hidden, hidden, 3, geometry, 2);
             let project = layer(cout, hidden, 1, ConvGeometry::new(1, 0, 1), 3);
             let block = Block {
-                expand: &expand,
+                expand: expand.as_ref(),
                 depthwise: &depthwise,
                 project: &project,
                 residual,
             };
             let banded = pool.install(|| {
                 assert!(block.runs_banded(side, side) || !depthwise_avx2_runs());
-                inverted_residual(Some(&expand), &depthwise, &project, &x, residual)
+                inverted_residual(expand.as_ref(), &depthwise, &project, &x, residual)
             })?;
-            let hidden_map = depthwise.forward(&expand.forward(&x)?)?;
+            let hidden_map = match &expand {
+                Some(expand) => depthwise.forward(&expand.forward(&x)?)?,
+                None => depthwise.forward(&x)?,
+            };
             let layered = if residual {
                 project.forward_with_shortcut(&hidden_map, &x)?
             } else {
@@ -338,7 +379,7 @@ mod tests {
             assert_eq!(banded.dims(), layered.dims());
             assert!(
                 bits(&banded)? == bits(&layered)?,
-                "stride {stride}, padding {padding:?}"
+                "{cin}->{expanded:?}, stride {stride}, padding {padding:?}"
             );
         }
         Ok(())

@@ -226,13 +226,13 @@ unsafe fn chunk_rows<const R: usize, const S: usize, const MASKED: bool>(
 }
 
 /// Depthwise 3x3 convolution of channels `channels` of `src` (an `NCHW` image of `h x w`
-/// planes) into `dst` (those channels' `oh x ow` planes), with stride `S` and top and left
-/// padding `(pt, pl)`; `weight` holds 9 taps per channel of the whole layer, `epilogues` one
-/// per channel of `channels`.
+/// planes), output rows `out_rows` of `oh`, into `dst` (those channels' `out_rows.len() x ow`
+/// planes), with stride `S` and top and left padding `(pt, pl)`; `weight` holds 9 taps per
+/// channel of the whole layer, `epilogues` one per channel of `channels`.
 ///
 /// # Safety
-/// The CPU must support AVX2 and FMA ([`runs`]); `dst` must hold `channels.len() * oh * ow`
-/// values and `src` all channels of `channels`.
+/// The CPU must support AVX2 and FMA ([`runs`]); `dst` must hold
+/// `channels.len() * out_rows.len() * ow` values and `src` all channels of `channels`.
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
 pub(super) unsafe fn convolve<const S: usize>(
@@ -244,7 +244,9 @@ pub(super) unsafe fn convolve<const S: usize>(
     (h, w): (usize, usize),
     (oh, ow): (usize, usize),
     (pt, pl): (usize, usize),
+    out_rows: Range<usize>,
 ) {
+    debug_assert!(out_rows.end <= oh);
     let chunks: Vec<(Chunk, bool)> = (0..ow)
         .step_by(LANES)
         .map(|x0| {
@@ -255,22 +257,23 @@ pub(super) unsafe fn convolve<const S: usize>(
         .collect();
     let zeros = vec![0f32; w];
     let planes = src[channels.start * h * w..channels.end * h * w].chunks_exact(h * w);
-    let outputs = dst[..channels.len() * oh * ow].chunks_exact_mut(oh * ow);
+    let out_plane = out_rows.len() * ow;
+    let outputs = dst[..channels.len() * out_plane].chunks_exact_mut(out_plane);
     for (((c, plane), out), &epilogue) in channels.zip(planes).zip(outputs).zip(epilogues) {
         let taps: [__m256; 9] = std::array::from_fn(|t| _mm256_set1_ps(weight[9 * c + t]));
         let bias = _mm256_set1_ps(epilogue.bias);
         let activation = Activation8::new(epilogue);
         let out = out.as_mut_ptr().cast::<f32>();
-        let mut oy = 0;
-        while oy < oh {
+        let mut oy = out_rows.start;
+        while oy < out_rows.end {
             let rows: [*const f32; 2 * ROWS + 1] =
                 std::array::from_fn(|i| match (S * oy + i).checked_sub(pt) {
                     Some(y) if y < h => plane[y * w..].as_ptr(),
                     _ => zeros.as_ptr(),
                 });
-            let count = (oh - oy).min(ROWS);
+            let count = (out_rows.end - oy).min(ROWS);
             for (chunk, masked) in &chunks {
-                let at = out.wrapping_add(oy * ow + chunk.x0);
+                let at = out.wrapping_add((oy - out_rows.start) * ow + chunk.x0);
                 // SAFETY: `rows` are input rows of `w` floats or `zeros`; the chunk's outputs
                 // in rows `oy..oy + count` are in the plane.
                 unsafe {
@@ -452,6 +455,7 @@ mod tests {
                             size,
                             size,
                             padding,
+                            0..h,
                         );
                     }
                     dst.iter()
