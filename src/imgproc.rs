@@ -434,6 +434,9 @@ fn area_taps(src_len: u32, dst_len: u32) -> Vec<AreaTap> {
 /// columns' three channels in one register, tap by tap.
 struct AreaColumns {
     per_column: usize,
+    /// Bytes `pixels` must hold: past the last column's first pixel, its taps and a 4-byte read.
+    pixels_len: usize,
+    levels: Levels,
     /// First source column of each destination column.
     first: Vec<usize>,
     /// `per_column` weights per destination column.
@@ -456,8 +459,11 @@ impl AreaColumns {
             weights[tap.dst * per_column + slots[tap.dst]] = tap.weight;
             slots[tap.dst] += 1;
         }
+        let last_first = first.iter().copied().max().unwrap_or(0);
         Self {
             per_column,
+            pixels_len: (last_first + per_column + 1) * 3,
+            levels: Levels::new(),
             first,
             weights,
         }
@@ -467,7 +473,7 @@ impl AreaColumns {
     /// of `pixels` (an RGB row followed by at least `3 (per_column + 1)` zero bytes); `buf` has
     /// one float more than the `3 * columns` it receives.
     fn pass(&self, pixels: &[u8], buf: &mut [f32]) {
-        assert!(pixels.len() >= (self.first.iter().max().unwrap_or(&0) + self.per_column + 1) * 3);
+        assert!(pixels.len() >= self.pixels_len);
         assert_eq!(buf.len(), self.first.len() * 3 + 1);
         #[cfg(target_arch = "x86_64")]
         if is_x86_feature_detected!("avx2") {
@@ -479,7 +485,7 @@ impl AreaColumns {
 
     /// The portable pass, from destination column `d0` on.
     fn pass_columns(&self, d0: usize, pixels: &[u8], buf: &mut [f32]) {
-        let levels = Levels::new();
+        let levels = &self.levels;
         let columns = self
             .first
             .iter()
@@ -591,7 +597,7 @@ fn resize_area(src: &MappedView, dst_w: u32, dst_h: u32) -> Vec<u8> {
     let columns = AreaColumns::new(&area_taps(src_w, dst_w), dst_w as usize);
     let ytaps = area_taps(src_h, dst_h);
     // Room past the row for the zero-weight taps of the last columns and a 4-byte read.
-    let mut pixels = vec![0u8; (src_w as usize + columns.per_column + 1) * CN];
+    let mut pixels = vec![0u8; columns.pixels_len.max(src_w as usize * CN)];
     // The horizontal pass of the current source row (a row feeding two destination rows is
     // passed once), with one float of room for the AVX2 pass's 4-lane stores.
     let mut buf = vec![0f32; row_len + 1];

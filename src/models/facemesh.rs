@@ -467,9 +467,15 @@ pub fn mesh_input(
     // sample row fetches the lines of the next one, a sample in 4. For a face of a 1080p photo,
     // 30 runs after writing 64 MiB: 1.76 -> 0.81-0.86 ms (warm: 0.51 -> 0.47); 2 to 16 rows
     // ahead, or a whole row's lines at once, did worse. `liveness bench --preprocessing`.
+    let position = |u: usize, v: usize| {
+        let (u, v) = (u as f64, v as f64);
+        (
+            origin[0] + u * step_u[0] + v * step_v[0],
+            origin[1] + u * step_u[1] + v * step_v[1],
+        )
+    };
     let prefetch = |u: usize, v: usize| {
-        let x = origin[0] + u as f64 * step_u[0] + v as f64 * step_v[0];
-        let y = origin[1] + u as f64 * step_u[1] + v as f64 * step_v[1];
+        let (x, y) = position(u, v);
         let (x0, y0) = (floor(x), floor(y));
         if x0 >= 0 && y0 >= 0 && x0 < w && y0 + 1 < h {
             let i = y0 as usize * stride + x0 as usize * 3;
@@ -479,7 +485,6 @@ pub fn mesh_input(
     };
     for v in 0..INPUT_SIZE {
         let ahead = v + PREFETCH_ROWS_AHEAD;
-        let (vx, vy) = (v as f64 * step_v[0], v as f64 * step_v[1]);
         let row = v * INPUT_SIZE..(v + 1) * INPUT_SIZE;
         let outputs = red[row.clone()]
             .iter_mut()
@@ -489,8 +494,7 @@ pub fn mesh_input(
             if u % PREFETCH_STEP == 0 && ahead < INPUT_SIZE {
                 prefetch(u, ahead);
             }
-            let x = origin[0] + u as f64 * step_u[0] + vx;
-            let y = origin[1] + u as f64 * step_u[1] + vy;
+            let (x, y) = position(u, v);
             let (x0, y0) = (floor(x), floor(y));
             let (fx, fy) = ((x - x0 as f64) as f32, (y - y0 as f64) as f32);
             // The 2x2 neighbourhood: two 6-byte runs when it lies inside the photo.

@@ -325,6 +325,10 @@ mod tests {
                 .collect();
             Tensor::from_vec(x, (1, channels, side, side), &Device::Cpu)
         };
+        if !depthwise_avx2_runs() {
+            // Nothing runs banded: the comparison would be of the layers with themselves.
+            return Ok(());
+        }
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(1)
             .build()
@@ -357,7 +361,7 @@ mod tests {
                 residual,
             };
             let banded = pool.install(|| {
-                assert!(block.runs_banded(side, side) || !depthwise_avx2_runs());
+                assert!(block.runs_banded(side, side));
                 inverted_residual(expand.as_ref(), &depthwise, &project, &x, residual)
             })?;
             let hidden_map = match &expand {
