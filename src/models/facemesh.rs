@@ -465,8 +465,9 @@ pub fn mesh_input(
     let (step_u, step_v) = ([k * cos, k * sin], [-k * sin, k * cos]);
     // The photo is usually out of cache by now, and a row of samples crosses many lines: each
     // sample row fetches the lines of the next one, a sample in 4. For a face of a 1080p photo,
-    // 30 runs after writing 64 MiB: 1.76 -> 0.81-0.86 ms (warm: 0.51 -> 0.47); 2 to 16 rows
-    // ahead, or a whole row's lines at once, did worse. `liveness bench --preprocessing`.
+    // 30 runs after writing 64 MiB, in a throwaway harness: 1.76 -> 0.81-0.86 ms (warm: 0.51 ->
+    // 0.47); 2 to 16 rows ahead, or a whole row's lines at once, did worse. `liveness bench
+    // --preprocessing` now times this step, caches warm and flushed.
     let position = |u: usize, v: usize| {
         let (u, v) = (u as f64, v as f64);
         (
