@@ -1,7 +1,9 @@
 //! 2-D convolution with bias and activation fused, as a candle custom op.
 //!
 //! Four kernels cover every layer we run:
-//! - pointwise (1x1, stride 1): one GEMM, `out[Cout, HW] = W[Cout, Cin] * x[Cin, HW]`;
+//! - pointwise (1x1, stride 1): one GEMM, `out[Cout, HW] = W[Cout, Cin] * x[Cin, HW]`; with at
+//!   most 32 input channels on AVX2 CPUs whose GEMMs do not run `gemm`'s AVX-512 kernels, a
+//!   direct kernel instead ([`pointwise_avx2`]);
 //! - depthwise (one input channel per group): a direct loop summing all taps of 8 outputs in
 //!   registers, reading zero-padded phase planes ([`PhaseLayout`]) so it has no bounds tests;
 //!   on x86-64 with AVX2 and FMA, 3x3 stride 1 and 2 read the input in place instead
@@ -32,6 +34,8 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Module, Result, Shap
 mod banded;
 #[cfg(target_arch = "x86_64")]
 mod depthwise_avx2;
+#[cfg(target_arch = "x86_64")]
+mod pointwise_avx2;
 mod winograd;
 
 pub use banded::inverted_residual;
@@ -397,9 +401,7 @@ impl FusedConv2d {
             let nb = block.min(n - j0);
             let (rhs, out) = (&rhs[j0..], &mut dst[j0..]);
             // SAFETY: initialised values with `accumulate` (the caller's promise).
-            unsafe { gemm_row_major(m, nb, k, (n, n), weight, rhs, out, accumulate) };
-            // SAFETY: the GEMM just wrote the first `nb` values of each row.
-            unsafe { apply_to_written_rows(&epilogues, &mut dst[j0..], n, nb) };
+            unsafe { pointwise(&epilogues, nb, k, (n, n), weight, rhs, out, accumulate) };
         }
     }
 
@@ -921,6 +923,38 @@ fn depthwise_taps<M: MulAdd, const K: usize>(
         }
         *o = epilogue.activate(acc);
     }
+}
+
+/// `dst[m x n] = act(lhs[m x k] * rhs[k x n] + bias)` for the `m = epilogues.len()` rows
+/// (`dst`'s values added before the activation with `accumulate`), row-major; `lhs` is
+/// contiguous, rows of `rhs` and of `dst` are `rhs_stride` and `dst_stride` apart. Layers of
+/// few input channels run the direct AVX2 kernel ([`pointwise_avx2`]) where the CPU has it,
+/// the others a GEMM then the epilogue.
+///
+/// # Safety
+/// With `accumulate`, the values of `dst` it addresses must be initialised.
+#[allow(clippy::too_many_arguments)]
+unsafe fn pointwise(
+    epilogues: &[Epilogue],
+    n: usize,
+    k: usize,
+    strides: (usize, usize),
+    lhs: &[f32],
+    rhs: &[f32],
+    dst: &mut [MaybeUninit<f32>],
+    accumulate: bool,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if pointwise_avx2::runs(k) {
+        // SAFETY: the CPU has AVX2 and FMA (`runs`); initialised values with `accumulate`.
+        unsafe { pointwise_avx2::convolve(lhs, k, epilogues, n, strides, rhs, dst, accumulate) };
+        return;
+    }
+    let m = epilogues.len();
+    // SAFETY: initialised values with `accumulate` (the caller's promise).
+    unsafe { gemm_row_major(m, n, k, strides, lhs, rhs, dst, accumulate) };
+    // SAFETY: the GEMM just wrote the first `n` values of each row.
+    unsafe { apply_to_written_rows(epilogues, dst, strides.1, n) };
 }
 
 /// `dst[m x n] = lhs[m x k] * rhs[k x n]` (`+=` with `accumulate`), row-major; `lhs` is

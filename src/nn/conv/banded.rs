@@ -20,7 +20,7 @@ use std::mem::MaybeUninit;
 use candle_core::{CpuStorage, CustomOp1, Layout, Module, Result, Shape, Tensor};
 
 #[cfg(target_arch = "x86_64")]
-use super::{apply_to_written_rows, as_uninit, assume_written, depthwise_avx2, gemm_row_major};
+use super::{as_uninit, assume_written, depthwise_avx2, pointwise};
 use super::{contiguous_f32, profile, FusedConv2d, Kernel};
 
 /// Expanded maps of at least this many floats (4 MiB) run in bands.
@@ -179,8 +179,7 @@ impl Block<'_> {
                         let dst = as_uninit(band_in);
                         let k = expand.in_channels;
                         let (rhs, strides) = (&input[r0 * w..], (h * w, n));
-                        gemm_row_major(hidden, n, k, strides, &expand.weight, rhs, dst, false);
-                        apply_to_written_rows(epilogues, dst, n, n);
+                        pointwise(epilogues, n, k, strides, &expand.weight, rhs, dst, false);
                         let (size, padding) = ((r1 - r0, w), (pt_band, pl));
                         let (weight, band_in) = (&dw.weight, &*band_in);
                         run(
@@ -222,8 +221,8 @@ impl Block<'_> {
             let m = band * ow;
             // SAFETY: with `residual`, `out` holds the input's values (the caller's promise).
             unsafe {
-                gemm_row_major(
-                    cout,
+                pointwise(
+                    &project_epilogues,
                     m,
                     hidden,
                     (m, oh * ow),
@@ -232,7 +231,6 @@ impl Block<'_> {
                     dst,
                     self.residual,
                 );
-                apply_to_written_rows(&project_epilogues, dst, oh * ow, m);
             }
         }
     }

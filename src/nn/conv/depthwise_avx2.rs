@@ -118,14 +118,14 @@ impl Chunk {
 
 /// Bias and activation in registers: [`Epilogue::activate`] of 8 sums that include the bias.
 #[derive(Clone, Copy)]
-struct Activation8 {
+pub(super) struct Activation8 {
     slope: __m256,
     max: __m256,
 }
 
 impl Activation8 {
     #[inline(always)]
-    unsafe fn new(epilogue: Epilogue) -> Self {
+    pub(super) unsafe fn new(epilogue: Epilogue) -> Self {
         // SAFETY: the caller runs on a CPU with AVX2.
         unsafe {
             Self {
@@ -136,7 +136,7 @@ impl Activation8 {
     }
 
     #[inline(always)]
-    unsafe fn apply(self, u: __m256) -> __m256 {
+    pub(super) unsafe fn apply(self, u: __m256) -> __m256 {
         // SAFETY: the caller runs on a CPU with AVX2.
         unsafe {
             let negative = _mm256_cmp_ps::<_CMP_LT_OQ>(u, _mm256_setzero_ps());
