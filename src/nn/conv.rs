@@ -725,7 +725,7 @@ impl PhaseLayout {
 /// (The stride-2 phase planes, and the column phases of Winograd F(2x2)'s tiles.)
 fn split_padded_columns(row: &[f32], pl: usize, even: &mut [f32], odd: &mut [f32]) {
     // Input columns 2j and 2j+1 land in the phases of `pl` and `pl + 1`.
-    let (first, second) = if pl % 2 == 0 {
+    let (first, second) = if pl.is_multiple_of(2) {
         (&mut even[pl / 2..], &mut odd[pl / 2..])
     } else {
         (&mut odd[pl / 2..], &mut even[pl.div_ceil(2)..])

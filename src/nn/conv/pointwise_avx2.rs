@@ -4,13 +4,18 @@
 //! loads and stores of its accumulator tiles weigh as much as the arithmetic: FaceMesh's
 //! 16->16 layers at 96x96 ran at 55 GFLOP/s on `gemm`'s AVX-512 kernels.
 //!
-//! This kernel takes the positions in blocks of [`BLOCK`]. It copies the block's columns of
-//! every input row into a contiguous scratch block: read in place, the rows of a 96x96 map lie
-//! 36 KiB apart, all in the same L1 sets, and evicted each other. Then, for each tile of
-//! [`TILE_CHANNELS`] output channels by [`TILE_VECTORS`] vectors of positions, it keeps the
-//! sums in registers; per input channel it loads the tile's inputs once, broadcasts one weight
-//! per output channel, and does one fused multiply-add per sum. Bias, shortcut and activation
-//! are applied in registers before the one store.
+//! This kernel takes the positions in blocks. It copies the block's columns of every input row
+//! into a contiguous scratch block: read in place, the rows of a 96x96 map lie 36 KiB apart,
+//! all in the same L1 sets, and evicted each other. Then, for each tile of [`TILE_CHANNELS`]
+//! output channels by `V` vectors of positions, it keeps the sums in registers; per input
+//! channel it loads the tile's inputs once, broadcasts one weight per output channel, and does
+//! one fused multiply-add per sum. Bias, shortcut and activation are applied in registers
+//! before the one store.
+//!
+//! It is compiled twice. For AVX2 alone, tiles of 2 vectors: 3 (12 sums) spilled sums to the
+//! stack, 16 registers being too few. On CPUs with AVX-512VL (and the `avx512` feature), the
+//! same 256-bit code compiled with AVX-512 enabled has 32 registers and folds each broadcast
+//! into its multiply-add, and takes tiles of 4 vectors.
 //!
 //! Each output sums its input channels in order, one fused multiply-add each, starting from
 //! zero (or from its shortcut value), then adds the bias: the same steps on every path, so
@@ -26,25 +31,22 @@ use super::Epilogue;
 const LANES: usize = 8;
 /// Output channels per tile.
 const TILE_CHANNELS: usize = 4;
-/// Vectors of positions per tile.
-const TILE_VECTORS: usize = 2;
 /// Floats of the scratch block (16 KiB, half of L1).
 const SCRATCH_FLOATS: usize = 4096;
 /// The most input channels this kernel takes; `gemm` runs layers with more.
 const MAX_INPUT_CHANNELS: usize = 32;
 
 /// Whether this kernel runs a pointwise layer of `in_channels` input channels: at most
-/// [`MAX_INPUT_CHANNELS`], a CPU with AVX2 and FMA, and `gemm` without AVX-512 kernels for it.
+/// [`MAX_INPUT_CHANNELS`], and a CPU with AVX2 and FMA.
 ///
-/// Against `gemm`'s AVX2 kernels it takes 0.53x the time for 16->16 at 96x96 and 0.82-0.92x
-/// for the other layers of 8 to 32 input channels; from 48 input channels they are level, and
-/// at 144 `gemm` is faster. Against the AVX-512 kernels on Zen 4 it is level (each 512-bit FMA
-/// is two 256-bit halves there; on CPUs with two 512-bit FMA units `gemm` would be ahead).
+/// Timed in one process, alternating with `gemm` on the same data (Zen 4): against its AVX2
+/// kernels the AVX2 build takes 0.53x the time for 16->16 at 96x96 and 0.82-0.92x for the other
+/// layers of 8 to 32 input channels (level from 48 input channels, slower at 144); against its
+/// AVX-512 kernels the AVX-512VL build takes 0.88-1.0x.
 pub(super) fn runs(in_channels: usize) -> bool {
     in_channels <= MAX_INPUT_CHANNELS
         && is_x86_feature_detected!("avx2")
         && is_x86_feature_detected!("fma")
-        && !(cfg!(feature = "avx512") && is_x86_feature_detected!("avx512f"))
 }
 
 /// `dst[c][p] = act(sum_i weight[c][i] * src[i][p] + bias_c)` for the `m = epilogues.len()`
@@ -55,9 +57,75 @@ pub(super) fn runs(in_channels: usize) -> bool {
 /// # Safety
 /// The CPU must support AVX2 and FMA ([`runs`]). With `accumulate`, the values of `dst` it
 /// addresses must be initialised.
-#[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
 pub(super) unsafe fn convolve(
+    weight: &[f32],
+    k: usize,
+    epilogues: &[Epilogue],
+    n: usize,
+    strides: (usize, usize),
+    src: &[f32],
+    dst: &mut [MaybeUninit<f32>],
+    accumulate: bool,
+) {
+    let evex = cfg!(feature = "avx512")
+        && is_x86_feature_detected!("avx512f")
+        && is_x86_feature_detected!("avx512vl");
+    // SAFETY: the caller's promises; the AVX-512 build only where the CPU has AVX-512VL.
+    unsafe {
+        if evex {
+            convolve_avx512vl(weight, k, epilogues, n, strides, src, dst, accumulate)
+        } else {
+            convolve_avx2(weight, k, epilogues, n, strides, src, dst, accumulate)
+        }
+    }
+}
+
+/// [`convolve`] compiled for AVX2 and FMA, tiles of 2 vectors.
+///
+/// # Safety
+/// As for [`convolve`].
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn convolve_avx2(
+    weight: &[f32],
+    k: usize,
+    epilogues: &[Epilogue],
+    n: usize,
+    strides: (usize, usize),
+    src: &[f32],
+    dst: &mut [MaybeUninit<f32>],
+    accumulate: bool,
+) {
+    // SAFETY: as for `convolve`.
+    unsafe { blocks::<2>(weight, k, epilogues, n, strides, src, dst, accumulate) }
+}
+
+/// [`convolve`] compiled with AVX-512F and VL as well (32 registers, broadcasts folded into the
+/// multiply-adds), tiles of 4 vectors.
+///
+/// # Safety
+/// As for [`convolve`], and the CPU must support AVX-512F and AVX-512VL.
+#[target_feature(enable = "avx2,fma,avx512f,avx512vl")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn convolve_avx512vl(
+    weight: &[f32],
+    k: usize,
+    epilogues: &[Epilogue],
+    n: usize,
+    strides: (usize, usize),
+    src: &[f32],
+    dst: &mut [MaybeUninit<f32>],
+    accumulate: bool,
+) {
+    // SAFETY: as for `convolve`.
+    unsafe { blocks::<4>(weight, k, epilogues, n, strides, src, dst, accumulate) }
+}
+
+/// The body of [`convolve`], with tiles of `V` vectors of positions.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn blocks<const V: usize>(
     weight: &[f32],
     k: usize,
     epilogues: &[Epilogue],
@@ -73,10 +141,10 @@ pub(super) unsafe fn convolve(
     assert!(src.len() >= (k - 1) * src_stride + n && dst.len() >= (m - 1) * dst_stride + n);
     // Vectors are loaded whole from the scratch block; past a short last block's columns they
     // hold earlier values, whose sums are not stored.
-    let block = (SCRATCH_FLOATS / k / (TILE_VECTORS * LANES) * (TILE_VECTORS * LANES))
-        .min(n.next_multiple_of(LANES));
+    let block = (SCRATCH_FLOATS / k / (V * LANES) * (V * LANES)).min(n.next_multiple_of(LANES));
     let mut scratch = vec![0f32; block * k];
-    let full = _mm256_set1_epi32(-1);
+    // SAFETY: the CPU supports AVX2 (the caller's promise).
+    let full = unsafe { _mm256_set1_epi32(-1) };
     for p0 in (0..n).step_by(block) {
         let columns = block.min(n - p0);
         for (i, row) in scratch.chunks_exact_mut(block).enumerate() {
@@ -98,9 +166,9 @@ pub(super) unsafe fn convolve(
                 let channels = TILE_CHANNELS.min(m - c);
                 let epilogues = &epilogues[c..c + channels];
                 let mut p = 0;
-                while p + TILE_VECTORS * LANES <= columns {
-                    layer.tile::<TILE_VECTORS, false>(c, p, epilogues, full);
-                    p += TILE_VECTORS * LANES;
+                while p + V * LANES <= columns {
+                    layer.tile::<V, false>(c, p, epilogues, full);
+                    p += V * LANES;
                 }
                 while p < columns {
                     let valid = (columns - p).min(LANES) as i32;
@@ -125,7 +193,7 @@ unsafe fn lane_indices() -> __m256i {
 }
 
 /// One block's operands as pointers (see [`convolve`]): `src` is the scratch block, rows
-/// [`BLOCK`] apart, and `dst` points at the block's first position.
+/// `src_stride` apart, and `dst` points at the block's first position.
 struct Layer {
     weight: *const f32,
     k: usize,
@@ -220,6 +288,18 @@ impl Layer {
 mod tests {
     use super::*;
 
+    /// [`convolve_avx2`] or [`convolve_avx512vl`].
+    type Kernel = unsafe fn(
+        &[f32],
+        usize,
+        &[Epilogue],
+        usize,
+        (usize, usize),
+        &[f32],
+        &mut [MaybeUninit<f32>],
+        bool,
+    );
+
     /// A deterministic value in [-1, 1) for index `i` of a stream `seed`.
     fn value(seed: u64, i: usize) -> f32 {
         let x = (i as u64 ^ (seed << 32)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
@@ -235,6 +315,16 @@ mod tests {
         if !(is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")) {
             return;
         }
+        let mut kernels: Vec<(&str, Kernel)> = vec![("AVX2", convolve_avx2)];
+        if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vl") {
+            kernels.push(("AVX-512VL", convolve_avx512vl));
+        }
+        for (name, kernel) in kernels {
+            sum_shapes(name, kernel);
+        }
+    }
+
+    fn sum_shapes(name: &str, kernel: Kernel) {
         for (k, m, n) in [
             (1, 1, 1),
             (3, 5, 7),
@@ -258,9 +348,10 @@ mod tests {
                 let start: Vec<f32> = (0..m * dst_stride).map(|i| value(4, i)).collect();
                 let mut dst: Vec<MaybeUninit<f32>> =
                     start.iter().map(|&v| MaybeUninit::new(v)).collect();
-                // SAFETY: the CPU has AVX2 and FMA (checked above); `dst` is initialised.
+                // SAFETY: the CPU has the kernel's features (checked by the caller); `dst` is
+                // initialised.
                 unsafe {
-                    convolve(
+                    kernel(
                         &weight,
                         k,
                         &epilogues,
@@ -291,7 +382,7 @@ mod tests {
                         assert_eq!(
                             got.to_bits(),
                             want.to_bits(),
-                            "k {k} m {m} n {n} accumulate {accumulate}: channel {c} position {p}"
+                            "{name}: k {k} m {m} n {n} accumulate {accumulate}: channel {c} position {p}"
                         );
                     }
                 }
