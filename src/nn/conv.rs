@@ -946,8 +946,17 @@ unsafe fn pointwise(
 ) {
     #[cfg(target_arch = "x86_64")]
     if pointwise_avx2::runs(k) {
+        let operands = pointwise_avx2::Operands {
+            weight: lhs,
+            k,
+            epilogues,
+            n,
+            strides,
+            src: rhs,
+            accumulate,
+        };
         // SAFETY: the CPU has AVX2 and FMA (`runs`); initialised values with `accumulate`.
-        unsafe { pointwise_avx2::convolve(lhs, k, epilogues, n, strides, rhs, dst, accumulate) };
+        unsafe { pointwise_avx2::convolve(&operands, dst) };
         return;
     }
     let m = epilogues.len();

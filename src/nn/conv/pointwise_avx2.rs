@@ -49,34 +49,35 @@ pub(super) fn runs(in_channels: usize) -> bool {
         && is_x86_feature_detected!("fma")
 }
 
-/// `dst[c][p] = act(sum_i weight[c][i] * src[i][p] + bias_c)` for the `m = epilogues.len()`
-/// output channels and `n` positions; with `accumulate`, `dst[c][p]`'s value is added before
-/// the activation. `weight` is `m x k`, row-major; rows of `src` and `dst` are `src_stride` and
-/// `dst_stride` apart.
+/// One pointwise layer's operands: `dst[c][p] = act(sum_i weight[c][i] * src[i][p] + bias_c)`
+/// for the `m = epilogues.len()` output channels and `n` positions; with `accumulate`,
+/// `dst[c][p]`'s value is added before the activation. `weight` is `m x k`, row-major; rows of
+/// `src` and `dst` are `strides.0` and `strides.1` apart.
+pub(super) struct Operands<'a> {
+    pub(super) weight: &'a [f32],
+    pub(super) k: usize,
+    pub(super) epilogues: &'a [Epilogue],
+    pub(super) n: usize,
+    pub(super) strides: (usize, usize),
+    pub(super) src: &'a [f32],
+    pub(super) accumulate: bool,
+}
+
+/// Writes the layer of `operands` into `dst`.
 ///
 /// # Safety
 /// The CPU must support AVX2 and FMA ([`runs`]). With `accumulate`, the values of `dst` it
 /// addresses must be initialised.
-#[allow(clippy::too_many_arguments)]
-pub(super) unsafe fn convolve(
-    weight: &[f32],
-    k: usize,
-    epilogues: &[Epilogue],
-    n: usize,
-    strides: (usize, usize),
-    src: &[f32],
-    dst: &mut [MaybeUninit<f32>],
-    accumulate: bool,
-) {
+pub(super) unsafe fn convolve(operands: &Operands, dst: &mut [MaybeUninit<f32>]) {
     let evex = cfg!(feature = "avx512")
         && is_x86_feature_detected!("avx512f")
         && is_x86_feature_detected!("avx512vl");
     // SAFETY: the caller's promises; the AVX-512 build only where the CPU has AVX-512VL.
     unsafe {
         if evex {
-            convolve_avx512vl(weight, k, epilogues, n, strides, src, dst, accumulate)
+            convolve_avx512vl(operands, dst)
         } else {
-            convolve_avx2(weight, k, epilogues, n, strides, src, dst, accumulate)
+            convolve_avx2(operands, dst)
         }
     }
 }
@@ -86,19 +87,9 @@ pub(super) unsafe fn convolve(
 /// # Safety
 /// As for [`convolve`].
 #[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn convolve_avx2(
-    weight: &[f32],
-    k: usize,
-    epilogues: &[Epilogue],
-    n: usize,
-    strides: (usize, usize),
-    src: &[f32],
-    dst: &mut [MaybeUninit<f32>],
-    accumulate: bool,
-) {
+unsafe fn convolve_avx2(operands: &Operands, dst: &mut [MaybeUninit<f32>]) {
     // SAFETY: as for `convolve`.
-    unsafe { blocks::<2>(weight, k, epilogues, n, strides, src, dst, accumulate) }
+    unsafe { blocks::<2>(operands, dst) }
 }
 
 /// [`convolve`] compiled with AVX-512F and VL as well (32 registers, broadcasts folded into the
@@ -107,34 +98,23 @@ unsafe fn convolve_avx2(
 /// # Safety
 /// As for [`convolve`], and the CPU must support AVX-512F and AVX-512VL.
 #[target_feature(enable = "avx2,fma,avx512f,avx512vl")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn convolve_avx512vl(
-    weight: &[f32],
-    k: usize,
-    epilogues: &[Epilogue],
-    n: usize,
-    strides: (usize, usize),
-    src: &[f32],
-    dst: &mut [MaybeUninit<f32>],
-    accumulate: bool,
-) {
+unsafe fn convolve_avx512vl(operands: &Operands, dst: &mut [MaybeUninit<f32>]) {
     // SAFETY: as for `convolve`.
-    unsafe { blocks::<4>(weight, k, epilogues, n, strides, src, dst, accumulate) }
+    unsafe { blocks::<4>(operands, dst) }
 }
 
 /// The body of [`convolve`], with tiles of `V` vectors of positions.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-unsafe fn blocks<const V: usize>(
-    weight: &[f32],
-    k: usize,
-    epilogues: &[Epilogue],
-    n: usize,
-    (src_stride, dst_stride): (usize, usize),
-    src: &[f32],
-    dst: &mut [MaybeUninit<f32>],
-    accumulate: bool,
-) {
+unsafe fn blocks<const V: usize>(operands: &Operands, dst: &mut [MaybeUninit<f32>]) {
+    let &Operands {
+        weight,
+        k,
+        epilogues,
+        n,
+        strides: (src_stride, dst_stride),
+        src,
+        accumulate,
+    } = operands;
     let m = epilogues.len();
     assert!(m > 0 && (1..=MAX_INPUT_CHANNELS).contains(&k));
     assert!(n <= src_stride && n <= dst_stride && weight.len() >= m * k);
@@ -289,16 +269,7 @@ mod tests {
     use super::*;
 
     /// [`convolve_avx2`] or [`convolve_avx512vl`].
-    type Kernel = unsafe fn(
-        &[f32],
-        usize,
-        &[Epilogue],
-        usize,
-        (usize, usize),
-        &[f32],
-        &mut [MaybeUninit<f32>],
-        bool,
-    );
+    type Kernel = unsafe fn(&Operands, &mut [MaybeUninit<f32>]);
 
     /// A deterministic value in [-1, 1) for index `i` of a stream `seed`.
     fn value(seed: u64, i: usize) -> f32 {
@@ -351,16 +322,16 @@ mod tests {
                 // SAFETY: the CPU has the kernel's features (checked by the caller); `dst` is
                 // initialised.
                 unsafe {
-                    kernel(
-                        &weight,
+                    let operands = Operands {
+                        weight: &weight,
                         k,
-                        &epilogues,
+                        epilogues: &epilogues,
                         n,
-                        (src_stride, dst_stride),
-                        &src,
-                        &mut dst,
+                        strides: (src_stride, dst_stride),
+                        src: &src,
                         accumulate,
-                    )
+                    };
+                    kernel(&operands, &mut dst)
                 };
                 for c in 0..m {
                     for p in 0..dst_stride {
