@@ -2,8 +2,8 @@
 //!
 //! Four kernels cover every layer we run:
 //! - pointwise (1x1, stride 1): one GEMM, `out[Cout, HW] = W[Cout, Cin] * x[Cin, HW]`; with at
-//!   most 32 input channels on AVX2 CPUs whose GEMMs do not run `gemm`'s AVX-512 kernels, a
-//!   direct kernel instead ([`pointwise_avx2`]);
+//!   most 32 input channels on x86-64 with AVX2 and FMA, a direct kernel instead
+//!   ([`pointwise_avx2`]);
 //! - depthwise (one input channel per group): a direct loop summing all taps of 8 outputs in
 //!   registers, reading zero-padded phase planes ([`PhaseLayout`]) so it has no bounds tests;
 //!   on x86-64 with AVX2 and FMA, 3x3 stride 1 and 2 read the input in place instead
