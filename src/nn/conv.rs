@@ -520,23 +520,22 @@ impl FusedConv2d {
         if depthwise_avx2::runs(self.kernel, self.geometry.stride) {
             let [pt, pl, ..] = self.geometry.padding;
             let epilogues = self.epilogues(channels.clone());
-            let run = match self.geometry.stride {
-                1 => depthwise_avx2::convolve::<1>,
-                _ => depthwise_avx2::convolve::<2>,
+            let layer = depthwise_avx2::Layer {
+                channels,
+                weight: &self.weight,
+                epilogues: &epilogues,
+                src,
+                input: (h, w),
+                output: (oh, ow),
+                padding: (pt, pl),
+                out_rows: 0..oh,
             };
             // SAFETY: `runs` checked the CPU; `dst` holds the planes of `channels`.
             unsafe {
-                run(
-                    channels,
-                    &self.weight,
-                    &epilogues,
-                    src,
-                    dst,
-                    (h, w),
-                    (oh, ow),
-                    (pt, pl),
-                    0..oh,
-                )
+                match self.geometry.stride {
+                    1 => depthwise_avx2::convolve::<1>(&layer, dst),
+                    _ => depthwise_avx2::convolve::<2>(&layer, dst),
+                }
             };
             return;
         }
@@ -761,6 +760,16 @@ fn apply_epilogue(epilogue: Epilogue, values: &mut [f32]) {
 #[target_feature(enable = "avx2")]
 unsafe fn apply_epilogue_avx2(epilogue: Epilogue, values: &mut [f32]) {
     epilogue.apply(values)
+}
+
+/// Whether our AVX2 kernels run their builds compiled with AVX-512F and VL as well (32 vector
+/// registers, broadcasts folded into multiply-adds): with the `avx512` feature, on CPUs that
+/// have both.
+#[cfg(target_arch = "x86_64")]
+fn avx512vl() -> bool {
+    cfg!(feature = "avx512")
+        && is_x86_feature_detected!("avx512f")
+        && is_x86_feature_detected!("avx512vl")
 }
 
 /// Outputs the depthwise kernel sums at once (one AVX2 register).

@@ -162,6 +162,16 @@ impl Block<'_> {
                 1 => depthwise_avx2::convolve::<1>,
                 _ => depthwise_avx2::convolve::<2>,
             };
+            let depthwise = |src, input, output, padding, out_rows| depthwise_avx2::Layer {
+                channels: 0..hidden,
+                weight: &dw.weight,
+                epilogues: &dw_epilogues,
+                src,
+                input,
+                output,
+                padding,
+                out_rows,
+            };
             match (self.expand, &expand_epilogues) {
                 (Some(expand), Some(epilogues)) => {
                     // Input rows r0..r1 feed output rows oy0..oy0 + band; those before row 0
@@ -181,17 +191,9 @@ impl Block<'_> {
                         let (rhs, strides) = (&input[r0 * w..], (h * w, n));
                         pointwise(epilogues, n, k, strides, &expand.weight, rhs, dst, false);
                         let (size, padding) = ((r1 - r0, w), (pt_band, pl));
-                        let (weight, band_in) = (&dw.weight, &*band_in);
                         run(
-                            0..hidden,
-                            weight,
-                            &dw_epilogues,
-                            band_in,
+                            &depthwise(band_in, size, (band, ow), padding, 0..band),
                             band_out,
-                            size,
-                            (band, ow),
-                            padding,
-                            0..band,
                         );
                     }
                 }
@@ -199,18 +201,10 @@ impl Block<'_> {
                     // Without expansion the depthwise layer reads its rows of the input in place.
                     // SAFETY: as above, `input` holding the `hidden` planes of `h x w`.
                     unsafe {
-                        let (weight, epilogues) = (&dw.weight, &dw_epilogues);
                         let rows = oy0..oy0 + band;
                         run(
-                            0..hidden,
-                            weight,
-                            epilogues,
-                            input,
+                            &depthwise(input, (h, w), (oh, ow), (pt, pl), rows),
                             band_out,
-                            (h, w),
-                            (oh, ow),
-                            (pt, pl),
-                            rows,
                         );
                     }
                 }

@@ -69,12 +69,9 @@ pub(super) struct Operands<'a> {
 /// The CPU must support AVX2 and FMA ([`runs`]). With `accumulate`, the values of `dst` it
 /// addresses must be initialised.
 pub(super) unsafe fn convolve(operands: &Operands, dst: &mut [MaybeUninit<f32>]) {
-    let evex = cfg!(feature = "avx512")
-        && is_x86_feature_detected!("avx512f")
-        && is_x86_feature_detected!("avx512vl");
     // SAFETY: the caller's promises; the AVX-512 build only where the CPU has AVX-512VL.
     unsafe {
-        if evex {
+        if super::avx512vl() {
             convolve_avx512vl(operands, dst)
         } else {
             convolve_avx2(operands, dst)
