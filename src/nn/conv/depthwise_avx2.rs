@@ -461,6 +461,18 @@ pub(super) unsafe fn convolve_small(
 mod tests {
     use super::*;
 
+    /// Three channels' taps and epilogues (one with a clamp, one ReLU, one identity-like).
+    fn three_channels() -> (usize, Vec<f32>, [Epilogue; 3]) {
+        let weight = (0..27).map(|i| ((i * 7) % 11) as f32 * 0.3 - 1.4).collect();
+        let epilogues = [
+            (0.5, 0.1, 6.0),
+            (-0.25, 0.0, f32::INFINITY),
+            (0.0, 1.0, 2.0),
+        ]
+        .map(|(bias, slope, max)| Epilogue { bias, slope, max });
+        (3, weight, epilogues)
+    }
+
     /// The AVX-512VL build gives the AVX2 build's values bit for bit (the same multiply-adds,
     /// encoded differently): stride 1 and 2, rows with masked and partial chunks, output rows
     /// in blocks of 4 and a short last one, and a band of rows inside the map.
@@ -473,16 +485,7 @@ mod tests {
         {
             return;
         }
-        let channels = 3;
-        let weight: Vec<f32> = (0..9 * channels)
-            .map(|i| ((i * 5) % 13) as f32 * 0.21 - 1.2)
-            .collect();
-        let epilogues = [
-            (0.5, 0.1, 6.0),
-            (-0.25, 0.0, f32::INFINITY),
-            (0.0, 1.0, 2.0),
-        ]
-        .map(|(bias, slope, max)| Epilogue { bias, slope, max });
+        let (channels, weight, epilogues) = three_channels();
         for (h, w, padding) in [(23, 37, (1, 1)), (26, 42, (0, 0)), (9, 8, (1, 1))] {
             let src: Vec<f32> = (0..channels * h * w)
                 .map(|i| ((i * 37) % 23) as f32 * 0.17 - 1.9)
@@ -533,16 +536,7 @@ mod tests {
         if !runs((3, 3), 1) {
             return;
         }
-        let channels = 3;
-        let weight: Vec<f32> = (0..9 * channels)
-            .map(|i| ((i * 7) % 11) as f32 * 0.3 - 1.4)
-            .collect();
-        let epilogues = [
-            (0.5, 0.1, 6.0),
-            (-0.25, 0.0, f32::INFINITY),
-            (0.0, 1.0, 2.0),
-        ]
-        .map(|(bias, slope, max)| Epilogue { bias, slope, max });
+        let (channels, weight, epilogues) = three_channels();
         for (h, w) in [
             (1, 1),
             (3, 2),
