@@ -374,12 +374,9 @@ impl FusedConv2d {
             .collect()
     }
 
-    /// `dst = act(weight * rhs + bias)` for output channels `c0..c0 + m`: `weight` is `m x k`,
-    /// `rhs` is `k x n` and `dst` is `m x n`, all row-major (`n` = `dst.len() / m`). With
-    /// `accumulate`, `dst = act(dst + weight * rhs + bias)`.
-    ///
-    /// Runs in column blocks whose output and input fit in L2, so bias and activation are
-    /// applied while the block is still in cache instead of in a second pass over memory.
+    /// `dst = act(weight * rhs + bias)` for output channels `c0..c0 + m` ([`pointwise`]):
+    /// `weight` is `m x k`, `rhs` is `k x n` and `dst` is `m x n`, all row-major (`n` =
+    /// `dst.len() / m`). With `accumulate`, `dst = act(dst + weight * rhs + bias)`.
     ///
     /// # Safety
     /// With `accumulate`, every value of `dst` must be initialised.
@@ -394,15 +391,9 @@ impl FusedConv2d {
         let k = self.in_channels;
         let m = weight.len() / k;
         let n = dst.len() / m;
-        // Repacking `weight` per block costs about 2/`block` of the multiply: keep blocks >= 128.
-        let block = (L2_BLOCK_FLOATS / (m + k)).max(128) / 16 * 16;
         let epilogues = self.epilogues(c0..c0 + m);
-        for j0 in (0..n).step_by(block) {
-            let nb = block.min(n - j0);
-            let (rhs, out) = (&rhs[j0..], &mut dst[j0..]);
-            // SAFETY: initialised values with `accumulate` (the caller's promise).
-            unsafe { pointwise(&epilogues, nb, k, (n, n), weight, rhs, out, accumulate) };
-        }
+        // SAFETY: initialised values with `accumulate` (the caller's promise).
+        unsafe { pointwise(&epilogues, n, k, (n, n), weight, rhs, dst, accumulate) };
     }
 
     /// General convolution: per group, the input channels go into phase planes (see
@@ -521,6 +512,7 @@ impl FusedConv2d {
             let [pt, pl, ..] = self.geometry.padding;
             let epilogues = self.epilogues(channels.clone());
             let layer = depthwise_avx2::Layer {
+                stride: self.geometry.stride,
                 channels,
                 weight: &self.weight,
                 epilogues: &epilogues,
@@ -531,12 +523,7 @@ impl FusedConv2d {
                 out_rows: 0..oh,
             };
             // SAFETY: `runs` checked the CPU; `dst` holds the planes of `channels`.
-            unsafe {
-                match self.geometry.stride {
-                    1 => depthwise_avx2::convolve::<1>(&layer, dst),
-                    _ => depthwise_avx2::convolve::<2>(&layer, dst),
-                }
-            };
+            unsafe { depthwise_avx2::convolve(&layer, dst) };
             return;
         }
         let (kh, kw) = self.kernel;
@@ -937,8 +924,10 @@ fn depthwise_taps<M: MulAdd, const K: usize>(
 /// `dst[m x n] = act(lhs[m x k] * rhs[k x n] + bias)` for the `m = epilogues.len()` rows
 /// (`dst`'s values added before the activation with `accumulate`), row-major; `lhs` is
 /// contiguous, rows of `rhs` and of `dst` are `rhs_stride` and `dst_stride` apart. Layers of
-/// few input channels run the direct AVX2 kernel ([`pointwise_avx2`]) where the CPU has it,
-/// the others a GEMM then the epilogue.
+/// few input channels run the direct AVX2 kernel ([`pointwise_avx2`]) where the CPU has it
+/// (bias and activation in registers); the others a GEMM then the epilogue, in column blocks
+/// whose output and input fit in L2, so the epilogue runs while the block is still in cache
+/// instead of in a second pass over memory.
 ///
 /// # Safety
 /// With `accumulate`, the values of `dst` it addresses must be initialised.
@@ -969,10 +958,16 @@ unsafe fn pointwise(
         return;
     }
     let m = epilogues.len();
-    // SAFETY: initialised values with `accumulate` (the caller's promise).
-    unsafe { gemm_row_major(m, n, k, strides, lhs, rhs, dst, accumulate) };
-    // SAFETY: the GEMM just wrote the first `n` values of each row.
-    unsafe { apply_to_written_rows(epilogues, dst, strides.1, n) };
+    // Repacking `lhs` per block costs about 2/`block` of the multiply: keep blocks >= 128.
+    let block = (L2_BLOCK_FLOATS / (m + k)).max(128) / 16 * 16;
+    for j0 in (0..n).step_by(block) {
+        let nb = block.min(n - j0);
+        let (rhs, dst) = (&rhs[j0..], &mut dst[j0..]);
+        // SAFETY: initialised values with `accumulate` (the caller's promise).
+        unsafe { gemm_row_major(m, nb, k, strides, lhs, rhs, dst, accumulate) };
+        // SAFETY: the GEMM just wrote the first `nb` values of each row.
+        unsafe { apply_to_written_rows(epilogues, dst, strides.1, nb) };
+    }
 }
 
 /// `dst[m x n] = lhs[m x k] * rhs[k x n]` (`+=` with `accumulate`), row-major; `lhs` is

@@ -145,24 +145,21 @@ impl Block<'_> {
         // Output rows per band: its input rows, `s (rows - 1) + 3`, within BAND_FLOATS.
         let in_rows_max = (BAND_FLOATS / (hidden * w)).max(3);
         let rows = ((in_rows_max - 3) / s + 1).min(oh);
-        let expanded_len = if self.expand.is_some() {
-            hidden * (s * (rows - 1) + 3) * w
-        } else {
-            0
+        // The expansion and its epilogues, and room for a band of its rows.
+        let expand = self.expand.map(|e| (e, e.epilogues(0..hidden)));
+        let expanded_len = match expand {
+            Some(_) => hidden * (s * (rows - 1) + 3) * w,
+            None => 0,
         };
         let mut expanded = vec![0f32; expanded_len];
         let mut dw_out = vec![MaybeUninit::<f32>::uninit(); hidden * rows * ow];
-        let expand_epilogues = self.expand.map(|e| e.epilogues(0..hidden));
         let dw_epilogues = dw.epilogues(0..hidden);
         let project_epilogues = self.project.epilogues(0..cout);
         for oy0 in (0..oh).step_by(rows) {
             let band = rows.min(oh - oy0);
             let band_out = &mut dw_out[..hidden * band * ow];
-            let run = match s {
-                1 => depthwise_avx2::convolve::<1>,
-                _ => depthwise_avx2::convolve::<2>,
-            };
             let depthwise = |src, input, output, padding, out_rows| depthwise_avx2::Layer {
+                stride: s,
                 channels: 0..hidden,
                 weight: &dw.weight,
                 epilogues: &dw_epilogues,
@@ -172,8 +169,8 @@ impl Block<'_> {
                 padding,
                 out_rows,
             };
-            match (self.expand, &expand_epilogues) {
-                (Some(expand), Some(epilogues)) => {
+            let layer = match &expand {
+                Some((expand, epilogues)) => {
                     // Input rows r0..r1 feed output rows oy0..oy0 + band; those before row 0
                     // or past row h - 1 are padding, which the kernel reads as zeros.
                     let first = (s * oy0) as isize - pt as isize;
@@ -181,34 +178,21 @@ impl Block<'_> {
                     let r1 = (s * (oy0 + band - 1) + 3).saturating_sub(pt).min(h);
                     let n = (r1 - r0) * w;
                     let band_in = &mut expanded[..hidden * n];
-                    let pt_band = (r0 as isize - first) as usize;
-                    // SAFETY: no `accumulate`: `band_in` is only written, with `f32`s;
-                    // `runs_banded` checked the CPU; `band_out` holds `hidden` planes of the
-                    // band's `band x ow` outputs, `band_in` `hidden` planes of its rows.
+                    // SAFETY: no `accumulate`: `band_in` is only written, with `f32`s.
                     unsafe {
                         let dst = as_uninit(band_in);
-                        let k = expand.in_channels;
-                        let (rhs, strides) = (&input[r0 * w..], (h * w, n));
+                        let (k, rhs, strides) = (expand.in_channels, &input[r0 * w..], (h * w, n));
                         pointwise(epilogues, n, k, strides, &expand.weight, rhs, dst, false);
-                        let (size, padding) = ((r1 - r0, w), (pt_band, pl));
-                        run(
-                            &depthwise(band_in, size, (band, ow), padding, 0..band),
-                            band_out,
-                        );
                     }
+                    let padding = ((r0 as isize - first) as usize, pl);
+                    depthwise(&*band_in, (r1 - r0, w), (band, ow), padding, 0..band)
                 }
-                _ => {
-                    // Without expansion the depthwise layer reads its rows of the input in place.
-                    // SAFETY: as above, `input` holding the `hidden` planes of `h x w`.
-                    unsafe {
-                        let rows = oy0..oy0 + band;
-                        run(
-                            &depthwise(input, (h, w), (oh, ow), (pt, pl), rows),
-                            band_out,
-                        );
-                    }
-                }
-            }
+                // Without expansion the depthwise layer reads its rows of the input in place.
+                None => depthwise(input, (h, w), (oh, ow), (pt, pl), oy0..oy0 + band),
+            };
+            // SAFETY: `runs_banded` checked the CPU; `band_out` holds `hidden` planes of the
+            // band's `band x ow` outputs, `layer.src` `hidden` planes of its input rows.
+            unsafe { depthwise_avx2::convolve(&layer, band_out) };
             // SAFETY: the kernel wrote every value of `band_out`.
             let band_out = unsafe { assume_written(band_out) };
             let dst = &mut out[oy0 * ow..];

@@ -226,10 +226,11 @@ unsafe fn chunk_rows<const R: usize, const S: usize, const MASKED: bool>(
 }
 
 /// One depthwise layer's operands for [`convolve`]: channels `channels` of `src` (an `NCHW`
-/// image of `input = (h, w)` planes), output rows `out_rows` of `output = (oh, ow)`, top and
-/// left padding `padding = (pt, pl)`; `weight` holds 9 taps per channel of the whole layer,
-/// `epilogues` one per channel of `channels`.
+/// image of `input = (h, w)` planes), output rows `out_rows` of `output = (oh, ow)`, stride
+/// `stride` (1 or 2), top and left padding `padding = (pt, pl)`; `weight` holds 9 taps per
+/// channel of the whole layer, `epilogues` one per channel of `channels`.
 pub(super) struct Layer<'a> {
+    pub(super) stride: usize,
     pub(super) channels: Range<usize>,
     pub(super) weight: &'a [f32],
     pub(super) epilogues: &'a [Epilogue],
@@ -240,8 +241,8 @@ pub(super) struct Layer<'a> {
     pub(super) out_rows: Range<usize>,
 }
 
-/// Depthwise 3x3 convolution of `layer` with stride `S` into `dst` (the channels'
-/// `out_rows.len() x ow` planes).
+/// Depthwise 3x3 convolution of `layer` into `dst` (the channels' `out_rows.len() x ow`
+/// planes).
 ///
 /// On CPUs with AVX-512VL (and the `avx512` feature) the same code runs compiled with AVX-512
 /// enabled: with 32 registers the 9 taps, 4 rows of sums and 3 input columns no longer spill,
@@ -250,13 +251,13 @@ pub(super) struct Layer<'a> {
 /// # Safety
 /// The CPU must support AVX2 and FMA ([`runs`]); `dst` must hold
 /// `channels.len() * out_rows.len() * ow` values and `src` all channels of `channels`.
-pub(super) unsafe fn convolve<const S: usize>(layer: &Layer, dst: &mut [MaybeUninit<f32>]) {
+pub(super) unsafe fn convolve(layer: &Layer, dst: &mut [MaybeUninit<f32>]) {
     // SAFETY: the caller's promises; the AVX-512 build only where the CPU has AVX-512VL.
     unsafe {
         if super::avx512vl() {
-            convolve_avx512vl::<S>(layer, dst)
+            convolve_avx512vl(layer, dst)
         } else {
-            convolve_avx2::<S>(layer, dst)
+            convolve_avx2(layer, dst)
         }
     }
 }
@@ -266,9 +267,9 @@ pub(super) unsafe fn convolve<const S: usize>(layer: &Layer, dst: &mut [MaybeUni
 /// # Safety
 /// As for [`convolve`].
 #[target_feature(enable = "avx2,fma")]
-unsafe fn convolve_avx2<const S: usize>(layer: &Layer, dst: &mut [MaybeUninit<f32>]) {
+unsafe fn convolve_avx2(layer: &Layer, dst: &mut [MaybeUninit<f32>]) {
     // SAFETY: as for `convolve`.
-    unsafe { convolve_rows::<S>(layer, dst) }
+    unsafe { convolve_strided(layer, dst) }
 }
 
 /// [`convolve`] compiled with AVX-512F and VL as well.
@@ -276,12 +277,24 @@ unsafe fn convolve_avx2<const S: usize>(layer: &Layer, dst: &mut [MaybeUninit<f3
 /// # Safety
 /// As for [`convolve`], and the CPU must support AVX-512F and AVX-512VL.
 #[target_feature(enable = "avx2,fma,avx512f,avx512vl")]
-unsafe fn convolve_avx512vl<const S: usize>(layer: &Layer, dst: &mut [MaybeUninit<f32>]) {
+unsafe fn convolve_avx512vl(layer: &Layer, dst: &mut [MaybeUninit<f32>]) {
     // SAFETY: as for `convolve`.
-    unsafe { convolve_rows::<S>(layer, dst) }
+    unsafe { convolve_strided(layer, dst) }
 }
 
-/// The body of [`convolve`].
+/// The body of [`convolve`], for the layer's stride.
+#[inline(always)]
+unsafe fn convolve_strided(layer: &Layer, dst: &mut [MaybeUninit<f32>]) {
+    // SAFETY: as for `convolve`.
+    unsafe {
+        match layer.stride {
+            1 => convolve_rows::<1>(layer, dst),
+            _ => convolve_rows::<2>(layer, dst),
+        }
+    }
+}
+
+/// [`convolve_strided`] for stride `S`.
 #[inline(always)]
 unsafe fn convolve_rows<const S: usize>(layer: &Layer, dst: &mut [MaybeUninit<f32>]) {
     let &Layer {
@@ -294,7 +307,7 @@ unsafe fn convolve_rows<const S: usize>(layer: &Layer, dst: &mut [MaybeUninit<f3
         ..
     } = layer;
     let (channels, out_rows) = (layer.channels.clone(), layer.out_rows.clone());
-    debug_assert!(out_rows.end <= oh);
+    debug_assert!(layer.stride == S && out_rows.end <= oh);
     let chunks: Vec<(Chunk, bool)> = (0..ow)
         .step_by(LANES)
         .map(|x0| {
@@ -497,6 +510,7 @@ mod tests {
                 );
                 for out_rows in [0..oh, 1..oh - 1] {
                     let layer = Layer {
+                        stride,
                         channels: 0..channels,
                         weight: &weight,
                         epilogues: &epilogues,
@@ -518,12 +532,11 @@ mod tests {
                                 .collect::<Vec<u32>>()
                         }
                     };
-                    let (avx2, avx512vl): (Vec<u32>, Vec<u32>) = if stride == 1 {
-                        (run(convolve_avx2::<1>), run(convolve_avx512vl::<1>))
-                    } else {
-                        (run(convolve_avx2::<2>), run(convolve_avx512vl::<2>))
-                    };
-                    assert_eq!(avx2, avx512vl, "{h}x{w} stride {stride} rows {out_rows:?}");
+                    assert_eq!(
+                        run(convolve_avx2),
+                        run(convolve_avx512vl),
+                        "{h}x{w} stride {stride} rows {out_rows:?}"
+                    );
                 }
             }
         }
@@ -558,6 +571,7 @@ mod tests {
                         convolve_small(0..channels, &weight, &epilogues, &src, &mut dst, (h, w));
                     } else {
                         let layer = Layer {
+                            stride: 1,
                             channels: 0..channels,
                             weight: &weight,
                             epilogues: &epilogues,
@@ -567,7 +581,7 @@ mod tests {
                             padding: (1, 1),
                             out_rows: 0..h,
                         };
-                        convolve::<1>(&layer, &mut dst);
+                        convolve(&layer, &mut dst);
                     }
                     dst.iter()
                         .map(|v| v.assume_init().to_bits())
