@@ -120,8 +120,6 @@ unsafe fn blocks<const V: usize>(operands: &Operands, dst: &mut [MaybeUninit<f32
     // hold earlier values, whose sums are not stored.
     let block = (SCRATCH_FLOATS / k / (V * LANES) * (V * LANES)).min(n.next_multiple_of(LANES));
     let mut scratch = vec![0f32; block * k];
-    // SAFETY: the CPU supports AVX2 (the caller's promise).
-    let full = unsafe { _mm256_set1_epi32(-1) };
     for p0 in (0..n).step_by(block) {
         let columns = block.min(n - p0);
         for (i, row) in scratch.chunks_exact_mut(block).enumerate() {
@@ -137,36 +135,19 @@ unsafe fn blocks<const V: usize>(operands: &Operands, dst: &mut [MaybeUninit<f32
             accumulate,
         };
         // SAFETY: the tiles read rows `0..k` of the scratch block and write output rows
-        // `0..m` at positions `p0 + p..p0 + p + 8 V`, masked to `n`: all within bounds.
+        // `0..m` at positions `p0..p0 + columns`: all within bounds.
         unsafe {
             for c in (0..m).step_by(TILE_CHANNELS) {
-                let channels = TILE_CHANNELS.min(m - c);
-                let epilogues = &epilogues[c..c + channels];
-                let mut p = 0;
-                while p + V * LANES <= columns {
-                    layer.tile::<V, false>(c, p, epilogues, full);
-                    p += V * LANES;
-                }
-                while p < columns {
-                    let valid = (columns - p).min(LANES) as i32;
-                    let mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(valid), lane_indices());
-                    if valid as usize == LANES {
-                        layer.tile::<1, false>(c, p, epilogues, full);
-                    } else {
-                        layer.tile::<1, true>(c, p, epilogues, mask);
-                    }
-                    p += LANES;
+                let epilogues = &epilogues[c..(c + TILE_CHANNELS).min(m)];
+                match epilogues.len() {
+                    TILE_CHANNELS => layer.channels::<TILE_CHANNELS, V>(c, columns, epilogues),
+                    3 => layer.channels::<3, V>(c, columns, epilogues),
+                    2 => layer.channels::<2, V>(c, columns, epilogues),
+                    _ => layer.channels::<1, V>(c, columns, epilogues),
                 }
             }
         }
     }
-}
-
-/// `0, 1, ..., 7`.
-#[inline(always)]
-unsafe fn lane_indices() -> __m256i {
-    // SAFETY: the caller runs on a CPU with AVX2.
-    unsafe { _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7) }
 }
 
 /// One block's operands as pointers (see [`convolve`]): `src` is the scratch block, rows
@@ -182,28 +163,37 @@ struct Layer {
 }
 
 impl Layer {
-    /// Output channels `c..c + epilogues.len()` (at most [`TILE_CHANNELS`]) at positions
-    /// `p..p + 8 V` of the block; if `MASKED`, the last vector's outputs limited to `mask`.
+    /// Output channels `c..c + C` at the block's first `columns` positions: tiles of `V`
+    /// vectors, then single vectors, the last one masked if the block ends inside it.
     #[inline(always)]
-    unsafe fn tile<const V: usize, const MASKED: bool>(
+    unsafe fn channels<const C: usize, const V: usize>(
         &self,
         c: usize,
-        p: usize,
+        columns: usize,
         epilogues: &[Epilogue],
-        mask: __m256i,
     ) {
         // SAFETY: as in `convolve`.
         unsafe {
-            match epilogues.len() {
-                TILE_CHANNELS => self.sums::<TILE_CHANNELS, V, MASKED>(c, p, epilogues, mask),
-                3 => self.sums::<3, V, MASKED>(c, p, epilogues, mask),
-                2 => self.sums::<2, V, MASKED>(c, p, epilogues, mask),
-                _ => self.sums::<1, V, MASKED>(c, p, epilogues, mask),
+            let full = _mm256_set1_epi32(-1);
+            let mut p = 0;
+            while p + V * LANES <= columns {
+                self.sums::<C, V, false>(c, p, epilogues, full);
+                p += V * LANES;
+            }
+            while p + LANES <= columns {
+                self.sums::<C, 1, false>(c, p, epilogues, full);
+                p += LANES;
+            }
+            if p < columns {
+                let valid = _mm256_set1_epi32((columns - p) as i32);
+                let mask = _mm256_cmpgt_epi32(valid, _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+                self.sums::<C, 1, true>(c, p, epilogues, mask);
             }
         }
     }
 
-    /// [`Self::tile`] for `C` output channels.
+    /// Output channels `c..c + C` at positions `p..p + 8 V` of the block; if `MASKED`, the last
+    /// vector's outputs limited to `mask`.
     #[inline(always)]
     unsafe fn sums<const C: usize, const V: usize, const MASKED: bool>(
         &self,
