@@ -40,9 +40,9 @@ const MAX_INPUT_CHANNELS: usize = 32;
 /// [`MAX_INPUT_CHANNELS`], and a CPU with AVX2 and FMA.
 ///
 /// Timed in one process, alternating with `gemm` on the same data (Zen 4): against its AVX2
-/// kernels the AVX2 build takes 0.53x the time for 16->16 at 96x96 and 0.82-0.92x for the other
-/// layers of 8 to 32 input channels (level from 48 input channels, slower at 144); against its
-/// AVX-512 kernels the AVX-512VL build takes 0.88-1.0x.
+/// kernels the AVX2 build takes 0.46-0.62x the time for 16->16 at 96x96 and 0.82-0.92x for
+/// the other layers of 8 to 32 input channels (level from 48 input channels, slower at 144);
+/// against its AVX-512 kernels the AVX-512VL build takes 0.88-1.0x.
 pub(super) fn runs(in_channels: usize) -> bool {
     in_channels <= MAX_INPUT_CHANNELS
         && is_x86_feature_detected!("avx2")
