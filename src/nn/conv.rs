@@ -457,9 +457,7 @@ impl FusedConv2d {
                 }
                 let block = &mut out[oy0 * ow..];
                 // SAFETY: no `accumulate`, so `block` is only written.
-                unsafe { gemm_row_major(m, nb, k, (nb, plane), weight, &cols, block, false) };
-                // SAFETY: the GEMM just wrote the first `nb` values of each row.
-                unsafe { apply_to_written_rows(&epilogues, block, plane, nb) };
+                unsafe { pointwise(&epilogues, nb, k, (nb, plane), weight, &cols, block, false) };
             }
         }
     }
@@ -754,9 +752,14 @@ unsafe fn apply_epilogue_avx2(epilogue: Epilogue, values: &mut [f32]) {
 /// have both.
 #[cfg(target_arch = "x86_64")]
 fn avx512vl() -> bool {
-    cfg!(feature = "avx512")
-        && is_x86_feature_detected!("avx512f")
-        && is_x86_feature_detected!("avx512vl")
+    avx512f() && is_x86_feature_detected!("avx512vl")
+}
+
+/// Whether our kernels with 512-bit vectors run: with the `avx512` feature, on CPUs with
+/// AVX-512F.
+#[cfg(target_arch = "x86_64")]
+fn avx512f() -> bool {
+    cfg!(feature = "avx512") && is_x86_feature_detected!("avx512f")
 }
 
 /// Outputs the depthwise kernel sums at once (one AVX2 register).

@@ -12,10 +12,10 @@
 //! one fused multiply-add per sum. Bias, shortcut and activation are applied in registers
 //! before the one store.
 //!
-//! It is compiled twice. For AVX2 alone, tiles of 2 vectors: 3 (12 sums) spilled sums to the
-//! stack, 16 registers being too few. On CPUs with AVX-512VL (and the `avx512` feature), the
-//! same 256-bit code compiled with AVX-512 enabled has 32 registers and folds each broadcast
-//! into its multiply-add, and takes tiles of 4 vectors.
+//! It is compiled twice. For AVX2 alone, tiles of 2 vectors of 8 positions: 3 (12 sums)
+//! spilled sums to the stack, 16 registers being too few. On CPUs with AVX-512F (and the
+//! `avx512` feature), with 512-bit vectors: 32 registers, each broadcast folded into its
+//! multiply-add, tiles of 4 vectors of 16 positions, and layers of up to 64 input channels.
 //!
 //! Each output sums its input channels in order, one fused multiply-add each, starting from
 //! zero (or from its shortcut value), then adds the bias: the same steps on every path, so
@@ -27,24 +27,32 @@ use std::mem::MaybeUninit;
 use super::depthwise_avx2::Activation8;
 use super::Epilogue;
 
-/// Positions per vector.
+/// Positions per AVX2 vector.
 const LANES: usize = 8;
+/// Positions per AVX-512 vector.
+const LANES_512: usize = 16;
 /// Output channels per tile.
 const TILE_CHANNELS: usize = 4;
 /// Floats of the scratch block (16 KiB, half of L1).
 const SCRATCH_FLOATS: usize = 4096;
-/// The most input channels this kernel takes; `gemm` runs layers with more.
+/// The most input channels the AVX2 build takes; `gemm` runs layers with more.
 const MAX_INPUT_CHANNELS: usize = 32;
+/// The most input channels the AVX-512 build takes.
+const MAX_INPUT_CHANNELS_512: usize = 64;
 
 /// Whether this kernel runs a pointwise layer of `in_channels` input channels: at most
-/// [`MAX_INPUT_CHANNELS`], and a CPU with AVX2 and FMA.
+/// [`MAX_INPUT_CHANNELS`] on a CPU with AVX2 and FMA, at most [`MAX_INPUT_CHANNELS_512`] where
+/// the AVX-512 build runs.
 ///
 /// Timed in one process, alternating with `gemm` on the same data (Zen 4): against its AVX2
 /// kernels the AVX2 build takes 0.46-0.62x the time for 16->16 at 96x96 and 0.82-0.92x for
-/// the other layers of 8 to 32 input channels (level from 48 input channels, slower at 144);
-/// against its AVX-512 kernels the AVX-512VL build takes 0.88-1.0x.
+/// the other layers of 8 to 32 input channels (level from 48 input channels, slower at 144).
+/// On a Xeon with two 512-bit FMA units (`liveness bench --layers`, alternating builds), the
+/// AVX-512 build takes 0.55-0.75x the time of `gemm`'s AVX-512 kernels up to 32 input
+/// channels and 0.65-0.85x at 64 on maps of 15x20 and more; from 144 it is slower.
 pub(super) fn runs(in_channels: usize) -> bool {
-    in_channels <= MAX_INPUT_CHANNELS
+    (in_channels <= MAX_INPUT_CHANNELS
+        || (in_channels <= MAX_INPUT_CHANNELS_512 && super::avx512f()))
         && is_x86_feature_detected!("avx2")
         && is_x86_feature_detected!("fma")
 }
@@ -69,40 +77,69 @@ pub(super) struct Operands<'a> {
 /// The CPU must support AVX2 and FMA ([`runs`]). With `accumulate`, the values of `dst` it
 /// addresses must be initialised.
 pub(super) unsafe fn convolve(operands: &Operands, dst: &mut [MaybeUninit<f32>]) {
-    // SAFETY: the caller's promises; the AVX-512 build only where the CPU has AVX-512VL.
+    // SAFETY: the caller's promises; the AVX-512 build only where the CPU has AVX-512F.
     unsafe {
-        if super::avx512vl() {
-            convolve_avx512vl(operands, dst)
+        if super::avx512f() {
+            convolve_avx512(operands, dst)
         } else {
             convolve_avx2(operands, dst)
         }
     }
 }
 
-/// [`convolve`] compiled for AVX2 and FMA, tiles of 2 vectors.
+/// [`convolve`] compiled for AVX2 and FMA: tiles of 2 vectors of 8 positions.
 ///
 /// # Safety
 /// As for [`convolve`].
 #[target_feature(enable = "avx2,fma")]
 unsafe fn convolve_avx2(operands: &Operands, dst: &mut [MaybeUninit<f32>]) {
     // SAFETY: as for `convolve`.
-    unsafe { blocks::<2>(operands, dst) }
+    unsafe {
+        blocks::<{ 2 * LANES }>(
+            operands,
+            dst,
+            |layer, c, columns, epilogues| match epilogues.len() {
+                TILE_CHANNELS => layer.channels::<TILE_CHANNELS, 2>(c, columns, epilogues),
+                3 => layer.channels::<3, 2>(c, columns, epilogues),
+                2 => layer.channels::<2, 2>(c, columns, epilogues),
+                _ => layer.channels::<1, 2>(c, columns, epilogues),
+            },
+        )
+    }
 }
 
-/// [`convolve`] compiled with AVX-512F and VL as well (32 registers, broadcasts folded into the
-/// multiply-adds), tiles of 4 vectors.
+/// [`convolve`] with 512-bit vectors (32 registers, broadcasts folded into the multiply-adds):
+/// tiles of 4 vectors of 16 positions.
 ///
 /// # Safety
-/// As for [`convolve`], and the CPU must support AVX-512F and AVX-512VL.
-#[target_feature(enable = "avx2,fma,avx512f,avx512vl")]
-unsafe fn convolve_avx512vl(operands: &Operands, dst: &mut [MaybeUninit<f32>]) {
+/// As for [`convolve`], and the CPU must support AVX-512F.
+#[target_feature(enable = "avx2,fma,avx512f")]
+unsafe fn convolve_avx512(operands: &Operands, dst: &mut [MaybeUninit<f32>]) {
     // SAFETY: as for `convolve`.
-    unsafe { blocks::<4>(operands, dst) }
+    unsafe {
+        blocks::<{ 4 * LANES_512 }>(
+            operands,
+            dst,
+            |layer, c, columns, epilogues| match epilogues.len() {
+                TILE_CHANNELS => layer.channels_512::<TILE_CHANNELS, 4>(c, columns, epilogues),
+                3 => layer.channels_512::<3, 4>(c, columns, epilogues),
+                2 => layer.channels_512::<2, 4>(c, columns, epilogues),
+                _ => layer.channels_512::<1, 4>(c, columns, epilogues),
+            },
+        )
+    }
 }
 
-/// The body of [`convolve`], with tiles of `V` vectors of positions.
+/// The body of [`convolve`]: copies each block of positions to the scratch block, then runs
+/// `group(layer, c, columns, epilogues)` for each group of [`TILE_CHANNELS`] output channels
+/// from `c`. Blocks are a multiple of `TILE` positions (one tile's width), or the whole of `n`
+/// rounded up to 16.
 #[inline(always)]
-unsafe fn blocks<const V: usize>(operands: &Operands, dst: &mut [MaybeUninit<f32>]) {
+unsafe fn blocks<const TILE: usize>(
+    operands: &Operands,
+    dst: &mut [MaybeUninit<f32>],
+    group: impl Fn(&Layer, usize, usize, &[Epilogue]),
+) {
     let &Operands {
         weight,
         k,
@@ -113,12 +150,14 @@ unsafe fn blocks<const V: usize>(operands: &Operands, dst: &mut [MaybeUninit<f32
         accumulate,
     } = operands;
     let m = epilogues.len();
-    assert!(m > 0 && (1..=MAX_INPUT_CHANNELS).contains(&k));
+    assert!(m > 0 && k > 0);
     assert!(n <= src_stride && n <= dst_stride && weight.len() >= m * k);
     assert!(src.len() >= (k - 1) * src_stride + n && dst.len() >= (m - 1) * dst_stride + n);
     // Vectors are loaded whole from the scratch block; past a short last block's columns they
     // hold earlier values, whose sums are not stored.
-    let block = (SCRATCH_FLOATS / k / (V * LANES) * (V * LANES)).min(n.next_multiple_of(LANES));
+    let block = (SCRATCH_FLOATS / k / TILE * TILE)
+        .max(TILE)
+        .min(n.next_multiple_of(LANES_512));
     let mut scratch = vec![0f32; block * k];
     for p0 in (0..n).step_by(block) {
         let columns = block.min(n - p0);
@@ -134,18 +173,15 @@ unsafe fn blocks<const V: usize>(operands: &Operands, dst: &mut [MaybeUninit<f32
             dst_stride,
             accumulate,
         };
-        // SAFETY: the tiles read rows `0..k` of the scratch block and write output rows
-        // `0..m` at positions `p0..p0 + columns`: all within bounds.
-        unsafe {
-            for c in (0..m).step_by(TILE_CHANNELS) {
-                let epilogues = &epilogues[c..(c + TILE_CHANNELS).min(m)];
-                match epilogues.len() {
-                    TILE_CHANNELS => layer.channels::<TILE_CHANNELS, V>(c, columns, epilogues),
-                    3 => layer.channels::<3, V>(c, columns, epilogues),
-                    2 => layer.channels::<2, V>(c, columns, epilogues),
-                    _ => layer.channels::<1, V>(c, columns, epilogues),
-                }
-            }
+        // The tiles read rows `0..k` of the scratch block and write output rows `0..m` at
+        // positions `p0..p0 + columns`: all within bounds.
+        for c in (0..m).step_by(TILE_CHANNELS) {
+            group(
+                &layer,
+                c,
+                columns,
+                &epilogues[c..(c + TILE_CHANNELS).min(m)],
+            );
         }
     }
 }
@@ -251,11 +287,95 @@ impl Layer {
     }
 }
 
+impl Layer {
+    /// [`Layer::channels`] with 512-bit vectors of [`LANES_512`] positions.
+    #[inline(always)]
+    unsafe fn channels_512<const C: usize, const V: usize>(
+        &self,
+        c: usize,
+        columns: usize,
+        epilogues: &[Epilogue],
+    ) {
+        // SAFETY: as in `convolve`.
+        unsafe {
+            let mut p = 0;
+            while p + V * LANES_512 <= columns {
+                self.sums_512::<C, V>(c, p, epilogues, u16::MAX);
+                p += V * LANES_512;
+            }
+            while p + LANES_512 <= columns {
+                self.sums_512::<C, 1>(c, p, epilogues, u16::MAX);
+                p += LANES_512;
+            }
+            if p < columns {
+                let mask = (1u16 << (columns - p)) - 1;
+                self.sums_512::<C, 1>(c, p, epilogues, mask);
+            }
+        }
+    }
+
+    /// [`Layer::sums`] with 512-bit vectors; the last vector's outputs limited to `mask`.
+    #[inline(always)]
+    unsafe fn sums_512<const C: usize, const V: usize>(
+        &self,
+        c: usize,
+        p: usize,
+        epilogues: &[Epilogue],
+        mask: __mmask16,
+    ) {
+        // SAFETY: as in `convolve`; the last vector's outputs outside `mask` are neither read
+        // nor written.
+        unsafe {
+            let last = |v: usize| if v + 1 == V { mask } else { u16::MAX };
+            let out = self.dst.add(c * self.dst_stride + p);
+            let mut sums = [[_mm512_setzero_ps(); V]; C];
+            if self.accumulate {
+                for (row, sums) in sums.iter_mut().enumerate() {
+                    let at = out.add(row * self.dst_stride);
+                    for (v, sum) in sums.iter_mut().enumerate() {
+                        *sum = _mm512_maskz_loadu_ps(last(v), at.add(v * LANES_512));
+                    }
+                }
+            }
+            let weights = self.weight.add(c * self.k);
+            let mut inputs = self.src.add(p);
+            for i in 0..self.k {
+                let mut x = [_mm512_setzero_ps(); V];
+                for (v, x) in x.iter_mut().enumerate() {
+                    *x = _mm512_loadu_ps(inputs.add(v * LANES_512));
+                }
+                for (row, sums) in sums.iter_mut().enumerate() {
+                    let w = _mm512_set1_ps(*weights.add(row * self.k + i));
+                    for (sum, &x) in sums.iter_mut().zip(&x) {
+                        *sum = _mm512_fmadd_ps(w, x, *sum);
+                    }
+                }
+                inputs = inputs.add(self.src_stride);
+            }
+            let zero = _mm512_setzero_ps();
+            for (row, (sums, &epilogue)) in sums.iter().zip(epilogues).enumerate() {
+                let at = out.add(row * self.dst_stride);
+                let bias = _mm512_set1_ps(epilogue.bias);
+                let slope = _mm512_set1_ps(epilogue.slope);
+                let max = _mm512_set1_ps(epilogue.max);
+                for (v, &sum) in sums.iter().enumerate() {
+                    let u = _mm512_add_ps(sum, bias);
+                    let negative = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(u, zero);
+                    let u = _mm512_mask_mul_ps(u, negative, u, slope);
+                    // `max < u ? max : u`: a NaN stays NaN, as in the scalar form.
+                    let value = _mm512_min_ps(max, u);
+                    _mm512_mask_storeu_ps(at.add(v * LANES_512), last(v), value);
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// [`convolve_avx2`] or [`convolve_avx512vl`].
+    /// [`convolve_avx2`] or [`convolve_avx512`].
     type Kernel = unsafe fn(&Operands, &mut [MaybeUninit<f32>]);
 
     /// A deterministic value in [-1, 1) for index `i` of a stream `seed`.
@@ -274,8 +394,8 @@ mod tests {
             return;
         }
         let mut kernels: Vec<(&str, Kernel)> = vec![("AVX2", convolve_avx2)];
-        if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vl") {
-            kernels.push(("AVX-512VL", convolve_avx512vl));
+        if is_x86_feature_detected!("avx512f") {
+            kernels.push(("AVX-512", convolve_avx512));
         }
         for (name, kernel) in kernels {
             sum_shapes(name, kernel);
@@ -291,6 +411,8 @@ mod tests {
             (16, 6, 300),
             (32, 9, 131),
             (32, 4, 8),
+            (48, 3, 129),
+            (64, 7, 300),
         ] {
             for accumulate in [false, true] {
                 let (src_stride, dst_stride) = (n + 3, n + 5);
