@@ -395,11 +395,36 @@ const SMALL_MAP_COLUMNS: usize = 32;
 /// tap of an output in the first or last column would read the neighbouring row, and are
 /// masked to zero instead. The sums are those of [`convolve`], in the same order.
 ///
+/// On CPUs with AVX-512F (and the `avx512` feature), vectors of 16 outputs, 4 of them summed
+/// side by side, the edge taps zeroed by masked loads.
+///
 /// # Safety
 /// The CPU must support AVX2 and FMA ([`runs_small`]); `dst` must hold `channels.len() * h * w`
 /// values and `src` all channels of `channels`.
-#[target_feature(enable = "avx2,fma")]
 pub(super) unsafe fn convolve_small(
+    channels: Range<usize>,
+    weight: &[f32],
+    epilogues: &[Epilogue],
+    src: &[f32],
+    dst: &mut [MaybeUninit<f32>],
+    map: (usize, usize),
+) {
+    // SAFETY: the caller's promises; the AVX-512 build only where the CPU has AVX-512F.
+    unsafe {
+        if super::avx512f() {
+            convolve_small_avx512(channels, weight, epilogues, src, dst, map)
+        } else {
+            convolve_small_avx2(channels, weight, epilogues, src, dst, map)
+        }
+    }
+}
+
+/// [`convolve_small`] with AVX2 and FMA: vectors of 8 outputs, the edge taps masked by `and`.
+///
+/// # Safety
+/// As for [`convolve_small`].
+#[target_feature(enable = "avx2,fma")]
+unsafe fn convolve_small_avx2(
     channels: Range<usize>,
     weight: &[f32],
     epilogues: &[Epilogue],
@@ -465,6 +490,125 @@ pub(super) unsafe fn convolve_small(
                     _mm256_storeu_ps(lanes.as_mut_ptr(), values);
                     std::ptr::copy_nonoverlapping(lanes.as_ptr(), at, valid);
                 }
+            }
+        }
+    }
+}
+
+/// Outputs per vector of [`convolve_small_avx512`].
+const LANES_512: usize = 16;
+/// Vectors of outputs [`convolve_small_avx512`] sums side by side (independent chains).
+const SMALL_GROUP: usize = 4;
+
+/// [`convolve_small`] with 512-bit vectors.
+///
+/// # Safety
+/// As for [`convolve_small`], and the CPU must support AVX-512F.
+#[target_feature(enable = "avx2,fma,avx512f")]
+unsafe fn convolve_small_avx512(
+    channels: Range<usize>,
+    weight: &[f32],
+    epilogues: &[Epilogue],
+    src: &[f32],
+    dst: &mut [MaybeUninit<f32>],
+    (h, w): (usize, usize),
+) {
+    let plane = h * w;
+    let vectors = plane.div_ceil(LANES_512);
+    // As in `convolve_small_avx2`: zeros before and after the plane.
+    let lead = w + 1;
+    let mut padded = vec![0f32; lead + vectors * LANES_512 + w + 1];
+    // Per vector of outputs: lanes not in the first column, lanes not in the last, lanes in the
+    // plane.
+    let masks: Vec<[__mmask16; 3]> = (0..vectors)
+        .map(|v| {
+            let lanes = |keep: &dyn Fn(usize) -> bool| -> __mmask16 {
+                (0..LANES_512)
+                    .filter(|&l| keep(v * LANES_512 + l))
+                    .fold(0, |bits, l| bits | 1 << l)
+            };
+            [
+                lanes(&|p| p % w != 0),
+                lanes(&|p| p % w != w - 1),
+                lanes(&|p| p < plane),
+            ]
+        })
+        .collect();
+    let planes = src[channels.start * plane..channels.end * plane].chunks_exact(plane);
+    let outputs = dst[..channels.len() * plane].chunks_exact_mut(plane);
+    for (((c, input), out), &epilogue) in channels.zip(planes).zip(outputs).zip(epilogues) {
+        padded[lead..lead + plane].copy_from_slice(input);
+        let mut taps = [_mm512_setzero_ps(); 9];
+        for (tap, &value) in taps.iter_mut().zip(&weight[9 * c..9 * c + 9]) {
+            *tap = _mm512_set1_ps(value);
+        }
+        let step = Small512 {
+            taps,
+            bias: _mm512_set1_ps(epilogue.bias),
+            slope: _mm512_set1_ps(epilogue.slope),
+            max: _mm512_set1_ps(epilogue.max),
+            // The first output's position in `padded`, minus one row and one column.
+            corner: padded.as_ptr().wrapping_add(lead - w - 1),
+            w,
+            out: out.as_mut_ptr().cast::<f32>(),
+        };
+        let mut groups = masks.chunks_exact(SMALL_GROUP);
+        let mut v = 0;
+        for group in &mut groups {
+            // SAFETY: `lead` zeros before the plane and `w + 1` after the last vector keep
+            // every tap inside `padded`; stores stay inside the plane (masked).
+            unsafe { step.vectors::<SMALL_GROUP>(v, group) };
+            v += SMALL_GROUP;
+        }
+        for masks in groups.remainder().chunks(1) {
+            // SAFETY: as above.
+            unsafe { step.vectors::<1>(v, masks) };
+            v += 1;
+        }
+    }
+}
+
+/// One channel of [`convolve_small_avx512`].
+struct Small512 {
+    taps: [__m512; 9],
+    bias: __m512,
+    slope: __m512,
+    max: __m512,
+    corner: *const f32,
+    w: usize,
+    out: *mut f32,
+}
+
+impl Small512 {
+    /// Output vectors `v..v + G`, with their masks.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F; the taps' loads and the stores must stay inside the
+    /// padded plane and the output plane.
+    #[inline(always)]
+    unsafe fn vectors<const G: usize>(&self, v: usize, masks: &[[__mmask16; 3]]) {
+        // SAFETY: the caller's promises.
+        unsafe {
+            let mut acc = [self.bias; G];
+            for ky in 0..3 {
+                for kx in 0..3 {
+                    for (g, acc) in acc.iter_mut().enumerate() {
+                        let at = self.corner.add((v + g) * LANES_512 + ky * self.w + kx);
+                        let x = match kx {
+                            0 => _mm512_maskz_loadu_ps(masks[g][0], at),
+                            2 => _mm512_maskz_loadu_ps(masks[g][1], at),
+                            _ => _mm512_loadu_ps(at),
+                        };
+                        *acc = _mm512_fmadd_ps(self.taps[3 * ky + kx], x, *acc);
+                    }
+                }
+            }
+            for (g, acc) in acc.into_iter().enumerate() {
+                let negative = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(acc, _mm512_setzero_ps());
+                let u = _mm512_mask_mul_ps(acc, negative, acc, self.slope);
+                // `max < u ? max : u`: a NaN stays NaN, as in the scalar form.
+                let values = _mm512_min_ps(self.max, u);
+                _mm512_mask_storeu_ps(self.out.add((v + g) * LANES_512), masks[g][2], values);
             }
         }
     }
@@ -542,8 +686,13 @@ mod tests {
         }
     }
 
-    /// The small-map kernel gives the row kernel's values bit for bit (same sums, same order):
-    /// rows narrower than, as wide as and wider than a vector, and planes that end inside one.
+    /// A build of the small-map kernel.
+    type SmallKernel =
+        unsafe fn(Range<usize>, &[f32], &[Epilogue], &[f32], &mut [MaybeUninit<f32>], (usize, usize));
+
+    /// Both builds of the small-map kernel give the row kernel's values bit for bit (same sums,
+    /// same order): rows narrower than, as wide as and wider than a vector, planes that end
+    /// inside one, and planes of 1 to 5 groups of 4 vectors.
     #[test]
     fn small_maps_sum_as_the_row_kernel() {
         if !runs((3, 3), 1) {
@@ -559,16 +708,19 @@ mod tests {
             (14, 14),
             (8, 8),
             (9, 31),
+            (19, 17),
+            (20, 16),
         ] {
             let src: Vec<f32> = (0..channels * h * w)
                 .map(|i| ((i * 37) % 23) as f32 * 0.17 - 1.9)
                 .collect();
-            let run = |small: bool| {
+            let run = |small: Option<SmallKernel>| {
                 let mut dst = vec![MaybeUninit::new(f32::NAN); channels * h * w];
-                // SAFETY: `runs` checked the CPU; `dst` holds every channel's plane.
+                // SAFETY: `runs` checked the CPU (and the caller the AVX-512 build's); `dst`
+                // holds every channel's plane.
                 unsafe {
-                    if small {
-                        convolve_small(0..channels, &weight, &epilogues, &src, &mut dst, (h, w));
+                    if let Some(small) = small {
+                        small(0..channels, &weight, &epilogues, &src, &mut dst, (h, w));
                     } else {
                         let layer = Layer {
                             stride: 1,
@@ -588,7 +740,12 @@ mod tests {
                         .collect::<Vec<u32>>()
                 }
             };
-            assert_eq!(run(true), run(false), "{h}x{w}");
+            let row_kernel = run(None);
+            assert_eq!(run(Some(convolve_small_avx2)), row_kernel, "AVX2 {h}x{w}");
+            if is_x86_feature_detected!("avx512f") {
+                let avx512 = run(Some(convolve_small_avx512));
+                assert_eq!(avx512, row_kernel, "AVX-512 {h}x{w}");
+            }
         }
     }
 }
