@@ -747,14 +747,6 @@ unsafe fn apply_epilogue_avx2(epilogue: Epilogue, values: &mut [f32]) {
     epilogue.apply(values)
 }
 
-/// Whether our AVX2 kernels run their builds compiled with AVX-512F and VL as well (32 vector
-/// registers, broadcasts folded into multiply-adds): with the `avx512` feature, on CPUs that
-/// have both.
-#[cfg(target_arch = "x86_64")]
-fn avx512vl() -> bool {
-    avx512f() && is_x86_feature_detected!("avx512vl")
-}
-
 /// Whether our kernels with 512-bit vectors run: with the `avx512` feature, on CPUs with
 /// AVX-512F.
 #[cfg(target_arch = "x86_64")]
