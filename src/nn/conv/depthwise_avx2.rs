@@ -36,7 +36,7 @@ pub(super) fn runs(kernel: (usize, usize), stride: usize) -> bool {
 
 /// A vector of `f32` lanes the row kernel sums in: `__m256` (AVX2 and FMA) or `__m512`
 /// (AVX-512F). Every method requires a CPU with the vector's instruction set.
-trait Vector: Copy {
+pub(super) trait Vector: Copy {
     /// Lanes per vector.
     const LANES: usize;
     /// Which lanes a masked load reads.
@@ -757,10 +757,7 @@ impl Small512 {
                 }
             }
             for (g, acc) in acc.into_iter().enumerate() {
-                let negative = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(acc, _mm512_setzero_ps());
-                let u = _mm512_mask_mul_ps(acc, negative, acc, self.slope);
-                // `max < u ? max : u`: a NaN stays NaN, as in the scalar form.
-                let values = _mm512_min_ps(self.max, u);
+                let values = acc.activate(self.slope, self.max);
                 _mm512_mask_storeu_ps(self.out.add((v + g) * LANES_512), masks[g][2], values);
             }
         }

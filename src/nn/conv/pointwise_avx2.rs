@@ -24,7 +24,7 @@
 use std::arch::x86_64::*;
 use std::mem::MaybeUninit;
 
-use super::depthwise_avx2::Activation8;
+use super::depthwise_avx2::{Activation8, Vector};
 use super::Epilogue;
 
 /// Positions per AVX2 vector.
@@ -352,18 +352,13 @@ impl Layer {
                 }
                 inputs = inputs.add(self.src_stride);
             }
-            let zero = _mm512_setzero_ps();
             for (row, (sums, &epilogue)) in sums.iter().zip(epilogues).enumerate() {
                 let at = out.add(row * self.dst_stride);
                 let bias = _mm512_set1_ps(epilogue.bias);
                 let slope = _mm512_set1_ps(epilogue.slope);
                 let max = _mm512_set1_ps(epilogue.max);
                 for (v, &sum) in sums.iter().enumerate() {
-                    let u = _mm512_add_ps(sum, bias);
-                    let negative = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(u, zero);
-                    let u = _mm512_mask_mul_ps(u, negative, u, slope);
-                    // `max < u ? max : u`: a NaN stays NaN, as in the scalar form.
-                    let value = _mm512_min_ps(max, u);
+                    let value = _mm512_add_ps(sum, bias).activate(slope, max);
                     _mm512_mask_storeu_ps(at.add(v * LANES_512), last(v), value);
                 }
             }
