@@ -440,6 +440,32 @@ impl FusedConv2d {
             let weight = &self.weight[group_channels.start * k..group_channels.end * k];
             let out = &mut dst[(group_channels.start - channels.start) * plane..][..m * plane];
             let epilogues = self.epilogues(group_channels);
+            #[cfg(target_arch = "x86_64")]
+            if pointwise_avx2::runs(k) {
+                // The direct kernel gathers each tap's run from the phase planes itself: no
+                // column matrix.
+                let starts: Vec<usize> = (0..cin_g)
+                    .flat_map(|ci| (0..kh * kw).map(move |t| (ci, t / kw, t % kw)))
+                    .map(|(ci, ky, kx)| ci * layout.len + layout.tap_start(ky, kx))
+                    .collect();
+                let operands = pointwise_avx2::Operands {
+                    weight,
+                    k,
+                    epilogues: &epilogues,
+                    n: plane,
+                    src: pointwise_avx2::Source::Taps {
+                        data: &phases,
+                        starts: &starts,
+                        width: ow,
+                        pitch: layout.wp,
+                    },
+                    dst_stride: plane,
+                    accumulate: false,
+                };
+                // SAFETY: the CPU has the kernel's features (`runs`); no `accumulate`.
+                unsafe { pointwise_avx2::convolve(&operands, out) };
+                continue;
+            }
             for oy0 in (0..oh).step_by(rows) {
                 let block_rows = rows.min(oh - oy0);
                 let nb = block_rows * ow;
@@ -457,7 +483,9 @@ impl FusedConv2d {
                 }
                 let block = &mut out[oy0 * ow..];
                 // SAFETY: no `accumulate`, so `block` is only written.
-                unsafe { pointwise(&epilogues, nb, k, (nb, plane), weight, &cols, block, false) };
+                unsafe { gemm_row_major(m, nb, k, (nb, plane), weight, &cols, block, false) };
+                // SAFETY: the GEMM just wrote the first `nb` values of each row.
+                unsafe { apply_to_written_rows(&epilogues, block, plane, nb) };
             }
         }
     }
@@ -944,8 +972,11 @@ unsafe fn pointwise(
             k,
             epilogues,
             n,
-            strides,
-            src: rhs,
+            src: pointwise_avx2::Source::Rows {
+                data: rhs,
+                stride: strides.0,
+            },
+            dst_stride: strides.1,
             accumulate,
         };
         // SAFETY: the CPU has AVX2 and FMA (`runs`); initialised values with `accumulate`.

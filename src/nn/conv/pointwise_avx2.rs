@@ -60,15 +60,78 @@ pub(super) fn runs(in_channels: usize) -> bool {
 /// One pointwise layer's operands: `dst[c][p] = act(sum_i weight[c][i] * src[i][p] + bias_c)`
 /// for the `m = epilogues.len()` output channels and `n` positions; with `accumulate`,
 /// `dst[c][p]`'s value is added before the activation. `weight` is `m x k`, row-major; rows of
-/// `src` and `dst` are `strides.0` and `strides.1` apart.
+/// `dst` are `dst_stride` apart.
 pub(super) struct Operands<'a> {
     pub(super) weight: &'a [f32],
     pub(super) k: usize,
     pub(super) epilogues: &'a [Epilogue],
     pub(super) n: usize,
-    pub(super) strides: (usize, usize),
-    pub(super) src: &'a [f32],
+    pub(super) src: Source<'a>,
+    pub(super) dst_stride: usize,
     pub(super) accumulate: bool,
+}
+
+/// Where input row `i`'s value at position `p` is.
+pub(super) enum Source<'a> {
+    /// `data[i * stride + p]`.
+    Rows { data: &'a [f32], stride: usize },
+    /// A convolution's taps read in place (see `FusedConv2d::im2col_gemm`): position `p` is
+    /// output `(p / width, p % width)`, and row `i` is the tap whose value for output
+    /// `(y, x)` is `data[starts[i] + y * pitch + x]`.
+    Taps {
+        data: &'a [f32],
+        starts: &'a [usize],
+        width: usize,
+        pitch: usize,
+    },
+}
+
+impl Source<'_> {
+    /// Asserts that every value of rows `0..k` at positions `0..n` is inside the data.
+    fn check(&self, k: usize, n: usize) {
+        match *self {
+            Source::Rows { data, stride } => {
+                assert!(n <= stride && data.len() >= (k - 1) * stride + n)
+            }
+            Source::Taps {
+                data,
+                starts,
+                width,
+                pitch,
+            } => {
+                assert!(starts.len() >= k && width > 0 && width <= pitch);
+                // The last position is the farthest from a row's start (`width <= pitch`).
+                let last = (n - 1) / width * pitch + (n - 1) % width;
+                assert!(starts[..k].iter().all(|&start| start + last < data.len()));
+            }
+        }
+    }
+
+    /// Copies positions `p0..p0 + row.len()` of input row `i` into `row`.
+    fn copy(&self, i: usize, p0: usize, row: &mut [f32]) {
+        match *self {
+            Source::Rows { data, stride } => {
+                row.copy_from_slice(&data[i * stride + p0..][..row.len()])
+            }
+            Source::Taps {
+                data,
+                starts,
+                width,
+                pitch,
+            } => {
+                let mut p = p0;
+                let mut done = 0;
+                while done < row.len() {
+                    let (y, x) = (p / width, p % width);
+                    let run = (width - x).min(row.len() - done);
+                    row[done..done + run]
+                        .copy_from_slice(&data[starts[i] + y * pitch + x..][..run]);
+                    done += run;
+                    p += run;
+                }
+            }
+        }
+    }
 }
 
 /// Writes the layer of `operands` into `dst`.
@@ -145,14 +208,15 @@ unsafe fn blocks<const TILE: usize>(
         k,
         epilogues,
         n,
-        strides: (src_stride, dst_stride),
-        src,
+        ref src,
+        dst_stride,
         accumulate,
     } = operands;
     let m = epilogues.len();
-    assert!(m > 0 && k > 0);
-    assert!(n <= src_stride && n <= dst_stride && weight.len() >= m * k);
-    assert!(src.len() >= (k - 1) * src_stride + n && dst.len() >= (m - 1) * dst_stride + n);
+    assert!(m > 0 && k > 0 && n > 0);
+    assert!(n <= dst_stride && weight.len() >= m * k);
+    assert!(dst.len() >= (m - 1) * dst_stride + n);
+    src.check(k, n);
     // Vectors are loaded whole from the scratch block; past a short last block's columns they
     // hold earlier values, whose sums are not stored.
     let block = (SCRATCH_FLOATS / k / TILE * TILE)
@@ -162,7 +226,7 @@ unsafe fn blocks<const TILE: usize>(
     for p0 in (0..n).step_by(block) {
         let columns = block.min(n - p0);
         for (i, row) in scratch.chunks_exact_mut(block).enumerate() {
-            row[..columns].copy_from_slice(&src[i * src_stride + p0..][..columns]);
+            src.copy(i, p0, &mut row[..columns]);
         }
         let layer = Layer {
             weight: weight.as_ptr(),
@@ -431,8 +495,11 @@ mod tests {
                         k,
                         epilogues: &epilogues,
                         n,
-                        strides: (src_stride, dst_stride),
-                        src: &src,
+                        src: Source::Rows {
+                            data: &src,
+                            stride: src_stride,
+                        },
+                        dst_stride,
                         accumulate,
                     };
                     kernel(&operands, &mut dst)
