@@ -15,7 +15,7 @@
 //! It is compiled twice. For AVX2 alone, tiles of 2 vectors of 8 positions: 3 (12 sums)
 //! spilled sums to the stack, 16 registers being too few. On CPUs with AVX-512F (and the
 //! `avx512` feature), with 512-bit vectors: 32 registers, each broadcast folded into its
-//! multiply-add, tiles of 4 vectors of 16 positions, and layers of up to 64 input channels.
+//! multiply-add, tiles of 4 vectors of 16 positions, and layers of up to 112 input channels.
 //!
 //! Each output sums its input channels in order, one fused multiply-add each, starting from
 //! zero (or from its shortcut value), then adds the bias: the same steps on every path, so
@@ -38,7 +38,7 @@ const SCRATCH_FLOATS: usize = 4096;
 /// The most input channels the AVX2 build takes; `gemm` runs layers with more.
 const MAX_INPUT_CHANNELS: usize = 32;
 /// The most input channels the AVX-512 build takes.
-const MAX_INPUT_CHANNELS_512: usize = 64;
+const MAX_INPUT_CHANNELS_512: usize = 112;
 
 /// Whether this kernel runs a pointwise layer of `in_channels` input channels: at most
 /// [`MAX_INPUT_CHANNELS`] on a CPU with AVX2 and FMA, at most [`MAX_INPUT_CHANNELS_512`] where
@@ -47,9 +47,11 @@ const MAX_INPUT_CHANNELS_512: usize = 64;
 /// Timed in one process, alternating with `gemm` on the same data (Zen 4): against its AVX2
 /// kernels the AVX2 build takes 0.46-0.62x the time for 16->16 at 96x96 and 0.82-0.92x for
 /// the other layers of 8 to 32 input channels (level from 48 input channels, slower at 144).
-/// On a Xeon with two 512-bit FMA units (`liveness bench --layers`, alternating builds), the
-/// AVX-512 build takes 0.55-0.75x the time of `gemm`'s AVX-512 kernels up to 32 input
-/// channels and 0.65-0.85x at 64 on maps of 15x20 and more; from 144 it is slower.
+/// On a Xeon with two 512-bit FMA units, the AVX-512 build against `gemm`'s AVX-512 kernels
+/// (same kind of run, 300 calls each, medians): 0.55-0.75x up to 32 input channels (`liveness
+/// bench --layers`), 0.86x for 64->64 at 30x40, 0.87-0.94x at 96 and 103 input channels;
+/// level at 128 (0.95-1.02x from 144 positions, 1.2-1.5x on 36 to 100), and 1.03-1.6x from 144
+/// input channels.
 pub(super) fn runs(in_channels: usize) -> bool {
     (in_channels <= MAX_INPUT_CHANNELS
         || (in_channels <= MAX_INPUT_CHANNELS_512 && super::avx512f()))
@@ -472,6 +474,7 @@ mod tests {
             (32, 4, 8),
             (48, 3, 129),
             (64, 7, 300),
+            (103, 6, 200),
         ] {
             for accumulate in [false, true] {
                 let (src_stride, dst_stride) = (n + 3, n + 5);
