@@ -441,7 +441,7 @@ impl FusedConv2d {
             let out = &mut dst[(group_channels.start - channels.start) * plane..][..m * plane];
             let epilogues = self.epilogues(group_channels);
             #[cfg(target_arch = "x86_64")]
-            if pointwise_avx2::runs(k) {
+            if pointwise_avx2::runs(k, plane) {
                 // The direct kernel gathers each tap's run from the phase planes itself: no
                 // column matrix.
                 let starts: Vec<usize> = (0..cin_g)
@@ -966,7 +966,7 @@ unsafe fn pointwise(
     accumulate: bool,
 ) {
     #[cfg(target_arch = "x86_64")]
-    if pointwise_avx2::runs(k) {
+    if pointwise_avx2::runs(k, n) {
         let operands = pointwise_avx2::Operands {
             weight: lhs,
             k,

@@ -15,7 +15,8 @@
 //! It is compiled twice. For AVX2 alone, tiles of 2 vectors of 8 positions: 3 (12 sums)
 //! spilled sums to the stack, 16 registers being too few. On CPUs with AVX-512F (and the
 //! `avx512` feature), with 512-bit vectors: 32 registers, each broadcast folded into its
-//! multiply-add, tiles of 4 vectors of 16 positions, and layers of up to 112 input channels.
+//! multiply-add, tiles of 4 channels by 4 vectors of 16 positions (8 channels by 2 vectors
+//! above 64 input channels), and layers of up to 128 input channels.
 //!
 //! Each output sums its input channels in order, one fused multiply-add each, starting from
 //! zero (or from its shortcut value), then adds the bias: the same steps on every path, so
@@ -38,9 +39,14 @@ const SCRATCH_FLOATS: usize = 4096;
 /// The most input channels the AVX2 build takes; `gemm` runs layers with more.
 const MAX_INPUT_CHANNELS: usize = 32;
 /// The most input channels the AVX-512 build takes.
-const MAX_INPUT_CHANNELS_512: usize = 112;
+const MAX_INPUT_CHANNELS_512: usize = 128;
+/// Above this many input channels, the AVX-512 build's tiles are 8 output channels by 2
+/// vectors: a block of 64 positions of that many rows no longer fits in L1 beside the rest,
+/// and 32 positions with 8 channels load as many values per multiply-add.
+const WIDE_TILES_FROM: usize = 64;
 
-/// Whether this kernel runs a pointwise layer of `in_channels` input channels: at most
+/// Whether this kernel runs a pointwise layer of `in_channels` input channels and `positions`
+/// outputs per channel (at least 8): at most
 /// [`MAX_INPUT_CHANNELS`] on a CPU with AVX2 and FMA, at most [`MAX_INPUT_CHANNELS_512`] where
 /// the AVX-512 build runs.
 ///
@@ -49,12 +55,14 @@ const MAX_INPUT_CHANNELS_512: usize = 112;
 /// the other layers of 8 to 32 input channels (level from 48 input channels, slower at 144).
 /// On a Xeon with two 512-bit FMA units, the AVX-512 build against `gemm`'s AVX-512 kernels
 /// (same kind of run, 300 calls each, medians): 0.55-0.75x up to 32 input channels (`liveness
-/// bench --layers`), 0.86x for 64->64 at 30x40, 0.87-0.94x at 96 and 103 input channels;
-/// level at 128 (0.95-1.02x from 144 positions, 1.2-1.5x on 36 to 100), and 1.03-1.6x from 144
-/// input channels.
-pub(super) fn runs(in_channels: usize) -> bool {
-    (in_channels <= MAX_INPUT_CHANNELS
-        || (in_channels <= MAX_INPUT_CHANNELS_512 && super::avx512f()))
+/// bench --layers`), 0.84-0.86x for 64->64 at 30x40, 0.85-0.95x from 96 to 128 input channels
+/// (1.15x for 128->512 on 25 and 64 positions); from 144, level to 1.6x slower.
+pub(super) fn runs(in_channels: usize, positions: usize) -> bool {
+    // One position (the squeeze-excitation layers' 1x1 maps) took 2-3x `gemm`'s time at 128
+    // input channels: the scratch block and the masked vectors are all overhead there.
+    positions >= LANES
+        && (in_channels <= MAX_INPUT_CHANNELS
+            || (in_channels <= MAX_INPUT_CHANNELS_512 && super::avx512f()))
         && is_x86_feature_detected!("avx2")
         && is_x86_feature_detected!("fma")
 }
@@ -160,16 +168,14 @@ pub(super) unsafe fn convolve(operands: &Operands, dst: &mut [MaybeUninit<f32>])
 unsafe fn convolve_avx2(operands: &Operands, dst: &mut [MaybeUninit<f32>]) {
     // SAFETY: as for `convolve`.
     unsafe {
-        blocks::<{ 2 * LANES }>(
-            operands,
-            dst,
-            |layer, c, columns, epilogues| match epilogues.len() {
+        blocks::<{ 2 * LANES }, TILE_CHANNELS>(operands, dst, |layer, c, columns, epilogues| {
+            match epilogues.len() {
                 TILE_CHANNELS => layer.channels::<TILE_CHANNELS, 2>(c, columns, epilogues),
                 3 => layer.channels::<3, 2>(c, columns, epilogues),
                 2 => layer.channels::<2, 2>(c, columns, epilogues),
                 _ => layer.channels::<1, 2>(c, columns, epilogues),
-            },
-        )
+            }
+        })
     }
 }
 
@@ -182,16 +188,31 @@ unsafe fn convolve_avx2(operands: &Operands, dst: &mut [MaybeUninit<f32>]) {
 unsafe fn convolve_avx512(operands: &Operands, dst: &mut [MaybeUninit<f32>]) {
     // SAFETY: as for `convolve`.
     unsafe {
-        blocks::<{ 4 * LANES_512 }>(
-            operands,
-            dst,
-            |layer, c, columns, epilogues| match epilogues.len() {
-                TILE_CHANNELS => layer.channels_512::<TILE_CHANNELS, 4>(c, columns, epilogues),
-                3 => layer.channels_512::<3, 4>(c, columns, epilogues),
-                2 => layer.channels_512::<2, 4>(c, columns, epilogues),
-                _ => layer.channels_512::<1, 4>(c, columns, epilogues),
-            },
-        )
+        if operands.k > WIDE_TILES_FROM {
+            blocks::<{ 2 * LANES_512 }, 8>(operands, dst, |layer, c, columns, epilogues| {
+                match epilogues.len() {
+                    8 => layer.channels_512::<8, 2>(c, columns, epilogues),
+                    7 => layer.channels_512::<7, 2>(c, columns, epilogues),
+                    6 => layer.channels_512::<6, 2>(c, columns, epilogues),
+                    5 => layer.channels_512::<5, 2>(c, columns, epilogues),
+                    4 => layer.channels_512::<4, 2>(c, columns, epilogues),
+                    3 => layer.channels_512::<3, 2>(c, columns, epilogues),
+                    2 => layer.channels_512::<2, 2>(c, columns, epilogues),
+                    _ => layer.channels_512::<1, 2>(c, columns, epilogues),
+                }
+            })
+        } else {
+            blocks::<{ 4 * LANES_512 }, TILE_CHANNELS>(
+                operands,
+                dst,
+                |layer, c, columns, epilogues| match epilogues.len() {
+                    TILE_CHANNELS => layer.channels_512::<TILE_CHANNELS, 4>(c, columns, epilogues),
+                    3 => layer.channels_512::<3, 4>(c, columns, epilogues),
+                    2 => layer.channels_512::<2, 4>(c, columns, epilogues),
+                    _ => layer.channels_512::<1, 4>(c, columns, epilogues),
+                },
+            )
+        }
     }
 }
 
@@ -200,7 +221,7 @@ unsafe fn convolve_avx512(operands: &Operands, dst: &mut [MaybeUninit<f32>]) {
 /// from `c`. Blocks are a multiple of `TILE` positions (one tile's width), or the whole of `n`
 /// rounded up to 16.
 #[inline(always)]
-unsafe fn blocks<const TILE: usize>(
+unsafe fn blocks<const TILE: usize, const GROUP: usize>(
     operands: &Operands,
     dst: &mut [MaybeUninit<f32>],
     group: impl Fn(&Layer, usize, usize, &[Epilogue]),
@@ -241,13 +262,8 @@ unsafe fn blocks<const TILE: usize>(
         };
         // The tiles read rows `0..k` of the scratch block and write output rows `0..m` at
         // positions `p0..p0 + columns`: all within bounds.
-        for c in (0..m).step_by(TILE_CHANNELS) {
-            group(
-                &layer,
-                c,
-                columns,
-                &epilogues[c..(c + TILE_CHANNELS).min(m)],
-            );
+        for c in (0..m).step_by(GROUP) {
+            group(&layer, c, columns, &epilogues[c..(c + GROUP).min(m)]);
         }
     }
 }
@@ -475,6 +491,7 @@ mod tests {
             (48, 3, 129),
             (64, 7, 300),
             (103, 6, 200),
+            (128, 11, 70),
         ] {
             for accumulate in [false, true] {
                 let (src_stride, dst_stride) = (n + 3, n + 5);
