@@ -2,8 +2,9 @@
 //!
 //! Four kernels cover every layer we run:
 //! - pointwise (1x1, stride 1): one GEMM, `out[Cout, HW] = W[Cout, Cin] * x[Cin, HW]`; with at
-//!   most 32 input channels on x86-64 with AVX2 and FMA, a direct kernel instead
-//!   ([`pointwise_avx2`]);
+//!   most 32 input channels on x86-64 with AVX2 and FMA (128 with AVX-512F), a direct kernel
+//!   instead ([`pointwise_avx2`]), which also runs the stems (3x3 layers of 3 input channels,
+//!   reading their taps from the phase planes);
 //! - depthwise (one input channel per group): a direct loop summing all taps of 8 outputs in
 //!   registers, reading zero-padded phase planes ([`PhaseLayout`]) so it has no bounds tests;
 //!   on x86-64 with AVX2 and FMA, 3x3 stride 1 and 2 read the input in place instead
@@ -19,7 +20,9 @@
 //! (`rayon::join`; see [`super::parallel`] for the thread that takes them); every value is
 //! computed as on one thread.
 //! The depthwise kernel and the GEMM epilogue are compiled twice on x86-64, portable and
-//! AVX2(+FMA), and picked at runtime; the `gemm` crate dispatches its own (AVX2 or AVX-512).
+//! AVX2(+FMA), and picked at runtime; the direct pointwise and depthwise kernels have AVX2 and
+//! AVX-512F builds (the latter with the `avx512` feature); the `gemm` crate dispatches its own
+//! (AVX2 or AVX-512).
 //!
 //! [`inverted_residual`] runs an expand / depthwise / project block in bands of rows where its
 //! expanded map is too large for L2 ([`banded`]).
