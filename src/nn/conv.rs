@@ -1312,8 +1312,11 @@ mod tests {
         }
         // F(2x2) on maps of fewer than 40 4x4 tiles: 8 x 10 tiles (one block), runs of 10;
         // 10 x 13 tiles in blocks of 72 (the second of 58, starting inside a tile row)
-        check(64, 16, 3, 15, 20, ConvGeometry::new(1, 1, 1))?;
-        // (sums of 1152 products: rounding grows with their scale, sqrt(1152) = 34)
+        // (sums of 576 and 1152 products: rounding grows with their scale, sqrt(576) = 24 and
+        // sqrt(1152) = 34; with random inputs an absolute 1e-4 for 576 failed once, at 1.1e-4 on
+        // aarch64, so both are bounded relative to their scale)
+        let g = ConvGeometry::new(1, 1, 1);
+        check_within(64, 16, 3, 15, 20, g, 1e-5 * (9.0f32 * 64.0).sqrt())?;
         let scale = (9.0f32 * 128.0).sqrt();
         check_within(
             128,

@@ -48,6 +48,7 @@ pub(super) trait Vector: Copy {
     unsafe fn load(at: *const f32) -> Self;
     /// Loads the lanes of `mask` (the others read as zero and are not touched).
     unsafe fn load_masked(at: *const f32, mask: Self::Mask) -> Self;
+    unsafe fn add(a: Self, b: Self) -> Self;
     /// `a * b + c`, rounded once.
     unsafe fn fmadd(a: Self, b: Self, c: Self) -> Self;
     /// The even and the odd lanes of `a ++ b`, in a lane order [`Vector::in_order`] restores.
@@ -87,6 +88,12 @@ impl Vector for __m256 {
     unsafe fn load_masked(at: *const f32, mask: __m256i) -> Self {
         // SAFETY: the caller's promise.
         unsafe { _mm256_maskload_ps(at, mask) }
+    }
+
+    #[inline(always)]
+    unsafe fn add(a: Self, b: Self) -> Self {
+        // SAFETY: the caller's CPU has AVX2.
+        unsafe { _mm256_add_ps(a, b) }
     }
 
     #[inline(always)]
@@ -172,6 +179,12 @@ impl Vector for __m512 {
     unsafe fn load_masked(at: *const f32, mask: __mmask16) -> Self {
         // SAFETY: the caller's promise.
         unsafe { _mm512_maskz_loadu_ps(mask, at) }
+    }
+
+    #[inline(always)]
+    unsafe fn add(a: Self, b: Self) -> Self {
+        // SAFETY: the caller's CPU has AVX-512F.
+        unsafe { _mm512_add_ps(a, b) }
     }
 
     #[inline(always)]

@@ -25,7 +25,7 @@
 use std::arch::x86_64::*;
 use std::mem::MaybeUninit;
 
-use super::depthwise_avx2::{Activation8, Vector};
+use super::depthwise_avx2::Vector;
 use super::Epilogue;
 
 /// Positions per AVX2 vector.
@@ -170,10 +170,10 @@ unsafe fn convolve_avx2(operands: &Operands, dst: &mut [MaybeUninit<f32>]) {
     unsafe {
         blocks::<{ 2 * LANES }, TILE_CHANNELS>(operands, dst, |layer, c, columns, epilogues| {
             match epilogues.len() {
-                TILE_CHANNELS => layer.channels::<TILE_CHANNELS, 2>(c, columns, epilogues),
-                3 => layer.channels::<3, 2>(c, columns, epilogues),
-                2 => layer.channels::<2, 2>(c, columns, epilogues),
-                _ => layer.channels::<1, 2>(c, columns, epilogues),
+                TILE_CHANNELS => layer.channels::<__m256, TILE_CHANNELS, 2>(c, columns, epilogues),
+                3 => layer.channels::<__m256, 3, 2>(c, columns, epilogues),
+                2 => layer.channels::<__m256, 2, 2>(c, columns, epilogues),
+                _ => layer.channels::<__m256, 1, 2>(c, columns, epilogues),
             }
         })
     }
@@ -191,14 +191,14 @@ unsafe fn convolve_avx512(operands: &Operands, dst: &mut [MaybeUninit<f32>]) {
         if operands.k > WIDE_TILES_FROM {
             blocks::<{ 2 * LANES_512 }, 8>(operands, dst, |layer, c, columns, epilogues| {
                 match epilogues.len() {
-                    8 => layer.channels_512::<8, 2>(c, columns, epilogues),
-                    7 => layer.channels_512::<7, 2>(c, columns, epilogues),
-                    6 => layer.channels_512::<6, 2>(c, columns, epilogues),
-                    5 => layer.channels_512::<5, 2>(c, columns, epilogues),
-                    4 => layer.channels_512::<4, 2>(c, columns, epilogues),
-                    3 => layer.channels_512::<3, 2>(c, columns, epilogues),
-                    2 => layer.channels_512::<2, 2>(c, columns, epilogues),
-                    _ => layer.channels_512::<1, 2>(c, columns, epilogues),
+                    8 => layer.channels::<__m512, 8, 2>(c, columns, epilogues),
+                    7 => layer.channels::<__m512, 7, 2>(c, columns, epilogues),
+                    6 => layer.channels::<__m512, 6, 2>(c, columns, epilogues),
+                    5 => layer.channels::<__m512, 5, 2>(c, columns, epilogues),
+                    4 => layer.channels::<__m512, 4, 2>(c, columns, epilogues),
+                    3 => layer.channels::<__m512, 3, 2>(c, columns, epilogues),
+                    2 => layer.channels::<__m512, 2, 2>(c, columns, epilogues),
+                    _ => layer.channels::<__m512, 1, 2>(c, columns, epilogues),
                 }
             })
         } else {
@@ -206,10 +206,12 @@ unsafe fn convolve_avx512(operands: &Operands, dst: &mut [MaybeUninit<f32>]) {
                 operands,
                 dst,
                 |layer, c, columns, epilogues| match epilogues.len() {
-                    TILE_CHANNELS => layer.channels_512::<TILE_CHANNELS, 4>(c, columns, epilogues),
-                    3 => layer.channels_512::<3, 4>(c, columns, epilogues),
-                    2 => layer.channels_512::<2, 4>(c, columns, epilogues),
-                    _ => layer.channels_512::<1, 4>(c, columns, epilogues),
+                    TILE_CHANNELS => {
+                        layer.channels::<__m512, TILE_CHANNELS, 4>(c, columns, epilogues)
+                    }
+                    3 => layer.channels::<__m512, 3, 4>(c, columns, epilogues),
+                    2 => layer.channels::<__m512, 2, 4>(c, columns, epilogues),
+                    _ => layer.channels::<__m512, 1, 4>(c, columns, epilogues),
                 },
             )
         }
@@ -281,10 +283,10 @@ struct Layer {
 }
 
 impl Layer {
-    /// Output channels `c..c + C` at the block's first `columns` positions: tiles of `V`
-    /// vectors, then single vectors, the last one masked if the block ends inside it.
+    /// Output channels `c..c + C` at the block's first `columns` positions: tiles of `N`
+    /// vectors, then single vectors, the last one partial if the block ends inside it.
     #[inline(always)]
-    unsafe fn channels<const C: usize, const V: usize>(
+    unsafe fn channels<V: Vector, const C: usize, const N: usize>(
         &self,
         c: usize,
         columns: usize,
@@ -292,47 +294,46 @@ impl Layer {
     ) {
         // SAFETY: as in `convolve`.
         unsafe {
-            let full = _mm256_set1_epi32(-1);
             let mut p = 0;
-            while p + V * LANES <= columns {
-                self.sums::<C, V, false>(c, p, epilogues, full);
-                p += V * LANES;
+            while p + N * V::LANES <= columns {
+                self.sums::<V, C, N>(c, p, epilogues, V::LANES);
+                p += N * V::LANES;
             }
-            while p + LANES <= columns {
-                self.sums::<C, 1, false>(c, p, epilogues, full);
-                p += LANES;
+            while p + V::LANES <= columns {
+                self.sums::<V, C, 1>(c, p, epilogues, V::LANES);
+                p += V::LANES;
             }
             if p < columns {
-                let valid = _mm256_set1_epi32((columns - p) as i32);
-                let mask = _mm256_cmpgt_epi32(valid, _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-                self.sums::<C, 1, true>(c, p, epilogues, mask);
+                self.sums::<V, C, 1>(c, p, epilogues, columns - p);
             }
         }
     }
 
-    /// Output channels `c..c + C` at positions `p..p + 8 V` of the block; if `MASKED`, the last
-    /// vector's outputs limited to `mask`.
+    /// Output channels `c..c + C` at positions `p..p + N * V::LANES` of the block, the last
+    /// vector's outputs limited to its first `last` lanes.
     #[inline(always)]
-    unsafe fn sums<const C: usize, const V: usize, const MASKED: bool>(
+    unsafe fn sums<V: Vector, const C: usize, const N: usize>(
         &self,
         c: usize,
         p: usize,
         epilogues: &[Epilogue],
-        mask: __m256i,
+        last: usize,
     ) {
-        // SAFETY: as in `convolve`; with `MASKED`, the last vector's outputs past `n` are
-        // neither read nor written.
+        // SAFETY: as in `convolve`; the last vector's outputs past `last` are neither read nor
+        // written.
         unsafe {
+            let partial = |v: usize| v + 1 == N && last < V::LANES;
             let out = self.dst.add(c * self.dst_stride + p);
-            let mut sums = [[_mm256_setzero_ps(); V]; C];
+            let mut sums = [[V::splat(0.0); N]; C];
             if self.accumulate {
                 for (row, sums) in sums.iter_mut().enumerate() {
                     let at = out.add(row * self.dst_stride);
                     for (v, sum) in sums.iter_mut().enumerate() {
-                        *sum = if MASKED && v + 1 == V {
-                            _mm256_maskload_ps(at.add(v * LANES), mask)
+                        let at = at.add(v * V::LANES);
+                        *sum = if partial(v) {
+                            V::load_masked(at, V::mask(|l| l < last))
                         } else {
-                            _mm256_loadu_ps(at.add(v * LANES))
+                            V::load(at)
                         };
                     }
                 }
@@ -340,108 +341,29 @@ impl Layer {
             let weights = self.weight.add(c * self.k);
             let mut inputs = self.src.add(p);
             for i in 0..self.k {
-                let mut x = [_mm256_setzero_ps(); V];
+                let mut x = [V::splat(0.0); N];
                 for (v, x) in x.iter_mut().enumerate() {
-                    *x = _mm256_loadu_ps(inputs.add(v * LANES));
+                    *x = V::load(inputs.add(v * V::LANES));
                 }
                 for (row, sums) in sums.iter_mut().enumerate() {
-                    let w = _mm256_broadcast_ss(&*weights.add(row * self.k + i));
+                    let w = V::splat(*weights.add(row * self.k + i));
                     for (sum, &x) in sums.iter_mut().zip(&x) {
-                        *sum = _mm256_fmadd_ps(w, x, *sum);
+                        *sum = V::fmadd(w, x, *sum);
                     }
                 }
                 inputs = inputs.add(self.src_stride);
             }
             for (row, (sums, &epilogue)) in sums.iter().zip(epilogues).enumerate() {
                 let at = out.add(row * self.dst_stride);
-                let bias = _mm256_set1_ps(epilogue.bias);
-                let activation = Activation8::new(epilogue);
+                let bias = V::splat(epilogue.bias);
+                let (slope, max) = (V::splat(epilogue.slope), V::splat(epilogue.max));
                 for (v, &sum) in sums.iter().enumerate() {
-                    let value = activation.apply(_mm256_add_ps(sum, bias));
-                    if MASKED && v + 1 == V {
-                        _mm256_maskstore_ps(at.add(v * LANES), mask, value);
+                    let value = V::add(sum, bias).activate(slope, max);
+                    if partial(v) {
+                        value.store_first(at.add(v * V::LANES), last);
                     } else {
-                        _mm256_storeu_ps(at.add(v * LANES), value);
+                        value.store(at.add(v * V::LANES));
                     }
-                }
-            }
-        }
-    }
-}
-
-impl Layer {
-    /// [`Layer::channels`] with 512-bit vectors of [`LANES_512`] positions.
-    #[inline(always)]
-    unsafe fn channels_512<const C: usize, const V: usize>(
-        &self,
-        c: usize,
-        columns: usize,
-        epilogues: &[Epilogue],
-    ) {
-        // SAFETY: as in `convolve`.
-        unsafe {
-            let mut p = 0;
-            while p + V * LANES_512 <= columns {
-                self.sums_512::<C, V>(c, p, epilogues, u16::MAX);
-                p += V * LANES_512;
-            }
-            while p + LANES_512 <= columns {
-                self.sums_512::<C, 1>(c, p, epilogues, u16::MAX);
-                p += LANES_512;
-            }
-            if p < columns {
-                let mask = (1u16 << (columns - p)) - 1;
-                self.sums_512::<C, 1>(c, p, epilogues, mask);
-            }
-        }
-    }
-
-    /// [`Layer::sums`] with 512-bit vectors; the last vector's outputs limited to `mask`.
-    #[inline(always)]
-    unsafe fn sums_512<const C: usize, const V: usize>(
-        &self,
-        c: usize,
-        p: usize,
-        epilogues: &[Epilogue],
-        mask: __mmask16,
-    ) {
-        // SAFETY: as in `convolve`; the last vector's outputs outside `mask` are neither read
-        // nor written.
-        unsafe {
-            let last = |v: usize| if v + 1 == V { mask } else { u16::MAX };
-            let out = self.dst.add(c * self.dst_stride + p);
-            let mut sums = [[_mm512_setzero_ps(); V]; C];
-            if self.accumulate {
-                for (row, sums) in sums.iter_mut().enumerate() {
-                    let at = out.add(row * self.dst_stride);
-                    for (v, sum) in sums.iter_mut().enumerate() {
-                        *sum = _mm512_maskz_loadu_ps(last(v), at.add(v * LANES_512));
-                    }
-                }
-            }
-            let weights = self.weight.add(c * self.k);
-            let mut inputs = self.src.add(p);
-            for i in 0..self.k {
-                let mut x = [_mm512_setzero_ps(); V];
-                for (v, x) in x.iter_mut().enumerate() {
-                    *x = _mm512_loadu_ps(inputs.add(v * LANES_512));
-                }
-                for (row, sums) in sums.iter_mut().enumerate() {
-                    let w = _mm512_set1_ps(*weights.add(row * self.k + i));
-                    for (sum, &x) in sums.iter_mut().zip(&x) {
-                        *sum = _mm512_fmadd_ps(w, x, *sum);
-                    }
-                }
-                inputs = inputs.add(self.src_stride);
-            }
-            for (row, (sums, &epilogue)) in sums.iter().zip(epilogues).enumerate() {
-                let at = out.add(row * self.dst_stride);
-                let bias = _mm512_set1_ps(epilogue.bias);
-                let slope = _mm512_set1_ps(epilogue.slope);
-                let max = _mm512_set1_ps(epilogue.max);
-                for (v, &sum) in sums.iter().enumerate() {
-                    let value = _mm512_add_ps(sum, bias).activate(slope, max);
-                    _mm512_mask_storeu_ps(at.add(v * LANES_512), last(v), value);
                 }
             }
         }
