@@ -426,7 +426,13 @@ impl FusedConv2d {
         let rows = (L2_BLOCK_FLOATS / (k * ow))
             .max(128usize.div_ceil(ow))
             .clamp(1, oh);
-        let mut cols = Vec::with_capacity(k * rows * ow);
+        // Where column-matrix row `(ci, ky, kx)` (the weights' order) starts in `phases`: tap
+        // `(ky, kx)` of output `(0, 0)` in channel `ci`'s planes.
+        let taps: Vec<usize> = (0..cin_g)
+            .flat_map(|ci| (0..kh * kw).map(move |t| (ci, t / kw, t % kw)))
+            .map(|(ci, ky, kx)| ci * layout.len + layout.tap_start(ky, kx))
+            .collect();
+        let mut cols = Vec::new();
         // Zero once: every channel fills the same plane positions, so the padding stays zero.
         let mut phases = vec![0f32; cin_g * layout.len];
         for g in 0..groups {
@@ -447,10 +453,6 @@ impl FusedConv2d {
             if pointwise_avx2::runs(k, plane) {
                 // The direct kernel gathers each tap's run from the phase planes itself: no
                 // column matrix.
-                let starts: Vec<usize> = (0..cin_g)
-                    .flat_map(|ci| (0..kh * kw).map(move |t| (ci, t / kw, t % kw)))
-                    .map(|(ci, ky, kx)| ci * layout.len + layout.tap_start(ky, kx))
-                    .collect();
                 let operands = pointwise_avx2::Operands {
                     weight,
                     k,
@@ -458,7 +460,7 @@ impl FusedConv2d {
                     n: plane,
                     src: pointwise_avx2::Source::Taps {
                         data: &phases,
-                        starts: &starts,
+                        starts: &taps,
                         width: ow,
                         pitch: layout.wp,
                     },
@@ -469,19 +471,15 @@ impl FusedConv2d {
                 unsafe { pointwise_avx2::convolve(&operands, out) };
                 continue;
             }
+            cols.reserve(k * rows * ow);
             for oy0 in (0..oh).step_by(rows) {
                 let block_rows = rows.min(oh - oy0);
                 let nb = block_rows * ow;
                 // Column-matrix row `(ci, ky, kx)`, column `(oy, ox)`, appended in that order.
                 cols.clear();
-                for planes in phases.chunks_exact(layout.len) {
-                    for ky in 0..kh {
-                        for kx in 0..kw {
-                            let start = layout.tap_start(ky, kx) + oy0 * layout.wp;
-                            for oy in 0..block_rows {
-                                cols.extend_from_slice(&planes[start + oy * layout.wp..][..ow]);
-                            }
-                        }
+                for &tap in &taps {
+                    for oy in oy0..oy0 + block_rows {
+                        cols.extend_from_slice(&phases[tap + oy * layout.wp..][..ow]);
                     }
                 }
                 let block = &mut out[oy0 * ow..];

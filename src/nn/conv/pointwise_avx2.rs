@@ -43,7 +43,7 @@ const MAX_INPUT_CHANNELS_512: usize = 128;
 /// Above this many input channels, the AVX-512 build's tiles are 8 output channels by 2
 /// vectors: a block of 64 positions of that many rows no longer fits in L1 beside the rest,
 /// and 32 positions with 8 channels load as many values per multiply-add.
-const WIDE_TILES_FROM: usize = 64;
+const WIDE_TILES_ABOVE: usize = 64;
 
 /// Whether this kernel runs a pointwise layer of `in_channels` input channels and `positions`
 /// outputs per channel (at least 8): at most
@@ -180,7 +180,8 @@ unsafe fn convolve_avx2(operands: &Operands, dst: &mut [MaybeUninit<f32>]) {
 }
 
 /// [`convolve`] with 512-bit vectors (32 registers, broadcasts folded into the multiply-adds):
-/// tiles of 4 vectors of 16 positions.
+/// tiles of 4 channels by 4 vectors of 16 positions, or 8 by 2 above [`WIDE_TILES_ABOVE`]
+/// input channels.
 ///
 /// # Safety
 /// As for [`convolve`], and the CPU must support AVX-512F.
@@ -188,7 +189,7 @@ unsafe fn convolve_avx2(operands: &Operands, dst: &mut [MaybeUninit<f32>]) {
 unsafe fn convolve_avx512(operands: &Operands, dst: &mut [MaybeUninit<f32>]) {
     // SAFETY: as for `convolve`.
     unsafe {
-        if operands.k > WIDE_TILES_FROM {
+        if operands.k > WIDE_TILES_ABOVE {
             blocks::<{ 2 * LANES_512 }, 8>(operands, dst, |layer, c, columns, epilogues| {
                 match epilogues.len() {
                     8 => layer.channels::<__m512, 8, 2>(c, columns, epilogues),
@@ -219,8 +220,7 @@ unsafe fn convolve_avx512(operands: &Operands, dst: &mut [MaybeUninit<f32>]) {
 }
 
 /// The body of [`convolve`]: copies each block of positions to the scratch block, then runs
-/// `group(layer, c, columns, epilogues)` for each group of [`TILE_CHANNELS`] output channels
-/// from `c`. Blocks are a multiple of `TILE` positions (one tile's width), or the whole of `n`
+/// `group(layer, c, columns, epilogues)` for each group of `GROUP` output channels from `c`. Blocks are a multiple of `TILE` positions (one tile's width), or the whole of `n`
 /// rounded up to 16.
 #[inline(always)]
 unsafe fn blocks<const TILE: usize, const GROUP: usize>(
