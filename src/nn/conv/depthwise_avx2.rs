@@ -48,6 +48,8 @@ pub(super) trait Vector: Copy {
     unsafe fn load(at: *const f32) -> Self;
     /// Loads the lanes of `mask` (the others read as zero and are not touched).
     unsafe fn load_masked(at: *const f32, mask: Self::Mask) -> Self;
+    /// The lanes of `mask`, the others zeroed.
+    unsafe fn keep(self, mask: Self::Mask) -> Self;
     unsafe fn add(a: Self, b: Self) -> Self;
     /// `a * b + c`, rounded once.
     unsafe fn fmadd(a: Self, b: Self, c: Self) -> Self;
@@ -91,6 +93,12 @@ impl Vector for __m256 {
     }
 
     #[inline(always)]
+    unsafe fn keep(self, mask: __m256i) -> Self {
+        // SAFETY: the caller's CPU has AVX2.
+        unsafe { _mm256_and_ps(self, _mm256_castsi256_ps(mask)) }
+    }
+
+    #[inline(always)]
     unsafe fn add(a: Self, b: Self) -> Self {
         // SAFETY: the caller's CPU has AVX2.
         unsafe { _mm256_add_ps(a, b) }
@@ -129,7 +137,12 @@ impl Vector for __m256 {
     #[inline(always)]
     unsafe fn activate(self, slope: Self, max: Self) -> Self {
         // SAFETY: the caller's CPU has AVX2.
-        unsafe { Activation8 { slope, max }.apply(self) }
+        unsafe {
+            let negative = _mm256_cmp_ps::<_CMP_LT_OQ>(self, _mm256_setzero_ps());
+            let u = _mm256_blendv_ps(self, _mm256_mul_ps(self, slope), negative);
+            // `max < u ? max : u`: a NaN stays NaN, as in the scalar form.
+            _mm256_min_ps(max, u)
+        }
     }
 
     #[inline(always)]
@@ -179,6 +192,12 @@ impl Vector for __m512 {
     unsafe fn load_masked(at: *const f32, mask: __mmask16) -> Self {
         // SAFETY: the caller's promise.
         unsafe { _mm512_maskz_loadu_ps(mask, at) }
+    }
+
+    #[inline(always)]
+    unsafe fn keep(self, mask: __mmask16) -> Self {
+        // SAFETY: the caller's CPU has AVX-512F.
+        unsafe { _mm512_maskz_mov_ps(mask, self) }
     }
 
     #[inline(always)]
@@ -317,37 +336,6 @@ impl<V: Vector> Chunk<V> {
     }
 }
 
-/// Bias and activation in registers: [`Epilogue::activate`] of 8 sums that include the bias.
-#[derive(Clone, Copy)]
-pub(super) struct Activation8 {
-    slope: __m256,
-    max: __m256,
-}
-
-impl Activation8 {
-    #[inline(always)]
-    pub(super) unsafe fn new(epilogue: Epilogue) -> Self {
-        // SAFETY: the caller runs on a CPU with AVX2.
-        unsafe {
-            Self {
-                slope: _mm256_set1_ps(epilogue.slope),
-                max: _mm256_set1_ps(epilogue.max),
-            }
-        }
-    }
-
-    #[inline(always)]
-    pub(super) unsafe fn apply(self, u: __m256) -> __m256 {
-        // SAFETY: the caller runs on a CPU with AVX2.
-        unsafe {
-            let negative = _mm256_cmp_ps::<_CMP_LT_OQ>(u, _mm256_setzero_ps());
-            let u = _mm256_blendv_ps(u, _mm256_mul_ps(u, self.slope), negative);
-            // `max < u ? max : u`: a NaN stays NaN, as in the scalar form.
-            _mm256_min_ps(self.max, u)
-        }
-    }
-}
-
 /// Output rows summed side by side, for one chunk of columns: independent chains of
 /// multiply-adds, and each input row's columns loaded once for every output row that uses it.
 const ROWS: usize = 4;
@@ -359,6 +347,25 @@ struct Channel<V> {
     bias: V,
     slope: V,
     max: V,
+}
+
+impl<V: Vector> Channel<V> {
+    /// The channel's 9 `taps` (row-major) and its epilogue, splatted.
+    ///
+    /// # Safety
+    /// The CPU must support `V`'s instructions.
+    #[inline(always)]
+    unsafe fn new(taps: &[f32], epilogue: Epilogue) -> Self {
+        // SAFETY: the caller's promise.
+        unsafe {
+            Self {
+                taps: std::array::from_fn(|t| V::splat(taps[t])),
+                bias: V::splat(epilogue.bias),
+                slope: V::splat(epilogue.slope),
+                max: V::splat(epilogue.max),
+            }
+        }
+    }
 }
 
 /// Output rows `oy0..oy0 + R` of one chunk: `rows` are the input rows `S * oy0 - pt + i`
@@ -503,14 +510,7 @@ unsafe fn convolve_rows<V: Vector, const S: usize>(layer: &Layer, dst: &mut [May
     let outputs = dst[..channels.len() * out_plane].chunks_exact_mut(out_plane);
     for (((c, plane), out), &epilogue) in channels.zip(planes).zip(outputs).zip(epilogues) {
         // SAFETY: the caller's CPU has `V`'s instructions.
-        let channel = unsafe {
-            Channel {
-                taps: std::array::from_fn(|t| V::splat(weight[9 * c + t])),
-                bias: V::splat(epilogue.bias),
-                slope: V::splat(epilogue.slope),
-                max: V::splat(epilogue.max),
-            }
-        };
+        let channel = unsafe { Channel::<V>::new(&weight[9 * c..9 * c + 9], epilogue) };
         let out = out.as_mut_ptr().cast::<f32>();
         let mut oy = out_rows.start;
         while oy < out_rows.end {
@@ -564,7 +564,7 @@ const SMALL_MAP_COLUMNS: usize = 32;
 /// masked to zero instead. The sums are those of [`convolve`], in the same order.
 ///
 /// On CPUs with AVX-512F (and the `avx512` feature), vectors of 16 outputs, 4 of them summed
-/// side by side, the edge taps zeroed by masked loads.
+/// side by side. Both builds are one body ([`small_planes`]) over [`Vector`].
 ///
 /// # Safety
 /// The CPU must support AVX2 and FMA ([`runs_small`]); `dst` must hold `channels.len() * h * w`
@@ -587,7 +587,7 @@ pub(super) unsafe fn convolve_small(
     }
 }
 
-/// [`convolve_small`] with AVX2 and FMA: vectors of 8 outputs, the edge taps masked by `and`.
+/// [`convolve_small`] with AVX2 and FMA: vectors of 8 outputs.
 ///
 /// # Safety
 /// As for [`convolve_small`].
@@ -598,75 +598,14 @@ unsafe fn convolve_small_avx2(
     epilogues: &[Epilogue],
     src: &[f32],
     dst: &mut [MaybeUninit<f32>],
-    (h, w): (usize, usize),
+    map: (usize, usize),
 ) {
-    let plane = h * w;
-    let vectors = plane.div_ceil(LANES);
-    // Zeros before the plane for the row above the first, after it for the row below the last
-    // and the last vector's lanes past the plane.
-    let lead = w + 1;
-    let mut padded = vec![0f32; lead + vectors * LANES + w + 1];
-    // Per vector of outputs: lanes not in the first column, lanes not in the last.
-    let column_masks: Vec<[__m256; 2]> = (0..vectors)
-        .map(|v| {
-            let lanes = |keep: &dyn Fn(usize) -> bool| -> __m256 {
-                let bits: [i32; LANES] =
-                    std::array::from_fn(|l| -i32::from(keep((v * LANES + l) % w)));
-                // SAFETY: `[i32; 8]` and `__m256` have the same size; unaligned load.
-                unsafe { _mm256_loadu_ps(bits.as_ptr().cast()) }
-            };
-            [lanes(&|x| x != 0), lanes(&|x| x != w - 1)]
-        })
-        .collect();
-    let planes = src[channels.start * plane..channels.end * plane].chunks_exact(plane);
-    let outputs = dst[..channels.len() * plane].chunks_exact_mut(plane);
-    for (((c, input), out), &epilogue) in channels.zip(planes).zip(outputs).zip(epilogues) {
-        padded[lead..lead + plane].copy_from_slice(input);
-        let mut taps = [_mm256_setzero_ps(); 9];
-        for (tap, &value) in taps.iter_mut().zip(&weight[9 * c..9 * c + 9]) {
-            *tap = _mm256_set1_ps(value);
-        }
-        let bias = _mm256_set1_ps(epilogue.bias);
-        let activation = Activation8::new(epilogue);
-        let out = out.as_mut_ptr().cast::<f32>();
-        for (v, [not_first, not_last]) in column_masks.iter().enumerate() {
-            // The output's own position in `padded`, minus one row and one column.
-            let corner = padded.as_ptr().wrapping_add(lead + v * LANES - w - 1);
-            let mut acc = bias;
-            for ky in 0..3 {
-                for kx in 0..3 {
-                    // SAFETY: `lead` zeros before the plane and `w + 1` after the last vector
-                    // keep every tap inside `padded`.
-                    let x = unsafe { _mm256_loadu_ps(corner.add(ky * w + kx)) };
-                    let x = match kx {
-                        0 => _mm256_and_ps(x, *not_first),
-                        2 => _mm256_and_ps(x, *not_last),
-                        _ => x,
-                    };
-                    acc = _mm256_fmadd_ps(taps[3 * ky + kx], x, acc);
-                }
-            }
-            let values = activation.apply(acc);
-            let valid = (plane - v * LANES).min(LANES);
-            // SAFETY: outputs `v * 8 .. v * 8 + valid` are in the plane.
-            unsafe {
-                let at = out.add(v * LANES);
-                if valid == LANES {
-                    _mm256_storeu_ps(at, values);
-                } else {
-                    let mut lanes = [0f32; LANES];
-                    _mm256_storeu_ps(lanes.as_mut_ptr(), values);
-                    std::ptr::copy_nonoverlapping(lanes.as_ptr(), at, valid);
-                }
-            }
-        }
-    }
+    // One chain: with 9 taps and 2 masks in 16 registers, more would spill.
+    // SAFETY: as for `convolve_small`.
+    unsafe { small_planes::<__m256, 1>(channels, weight, epilogues, src, dst, map) }
 }
 
-/// Vectors of outputs [`convolve_small_avx512`] sums side by side (independent chains).
-const SMALL_GROUP: usize = 4;
-
-/// [`convolve_small`] with 512-bit vectors.
+/// [`convolve_small`] with AVX-512F: vectors of 16 outputs.
 ///
 /// # Safety
 /// As for [`convolve_small`], and the CPU must support AVX-512F.
@@ -677,54 +616,56 @@ unsafe fn convolve_small_avx512(
     epilogues: &[Epilogue],
     src: &[f32],
     dst: &mut [MaybeUninit<f32>],
+    map: (usize, usize),
+) {
+    // SAFETY: as for `convolve_small`.
+    unsafe { small_planes::<__m512, 4>(channels, weight, epilogues, src, dst, map) }
+}
+
+/// The body of [`convolve_small`], in vectors `V`, `G` vectors of outputs summed side by side
+/// (independent chains).
+#[inline(always)]
+unsafe fn small_planes<V: Vector, const G: usize>(
+    channels: Range<usize>,
+    weight: &[f32],
+    epilogues: &[Epilogue],
+    src: &[f32],
+    dst: &mut [MaybeUninit<f32>],
     (h, w): (usize, usize),
 ) {
     let plane = h * w;
-    let vectors = plane.div_ceil(LANES_512);
-    // As in `convolve_small_avx2`: zeros before and after the plane.
+    let vectors = plane.div_ceil(V::LANES);
+    // Zeros before the plane for the row above the first, after it for the row below the last
+    // and the last vector's lanes past the plane.
     let lead = w + 1;
-    let mut padded = vec![0f32; lead + vectors * LANES_512 + w + 1];
-    // Per vector of outputs: lanes not in the first column, lanes not in the last, lanes in the
-    // plane.
-    let masks: Vec<[__mmask16; 3]> = (0..vectors)
+    let mut padded = vec![0f32; lead + vectors * V::LANES + w + 1];
+    // Per vector of outputs: lanes not in the first column, lanes not in the last.
+    let masks: Vec<[V::Mask; 2]> = (0..vectors)
         .map(|v| {
-            let lanes = |keep: &dyn Fn(usize) -> bool| -> __mmask16 {
-                (0..LANES_512)
-                    .filter(|&l| keep(v * LANES_512 + l))
-                    .fold(0, |bits, l| bits | 1 << l)
-            };
-            [
-                lanes(&|p| p % w != 0),
-                lanes(&|p| p % w != w - 1),
-                lanes(&|p| p < plane),
-            ]
+            let column = |l: usize| (v * V::LANES + l) % w;
+            [V::mask(|l| column(l) != 0), V::mask(|l| column(l) != w - 1)]
         })
         .collect();
     let planes = src[channels.start * plane..channels.end * plane].chunks_exact(plane);
     let outputs = dst[..channels.len() * plane].chunks_exact_mut(plane);
     for (((c, input), out), &epilogue) in channels.zip(planes).zip(outputs).zip(epilogues) {
         padded[lead..lead + plane].copy_from_slice(input);
-        let mut taps = [_mm512_setzero_ps(); 9];
-        for (tap, &value) in taps.iter_mut().zip(&weight[9 * c..9 * c + 9]) {
-            *tap = _mm512_set1_ps(value);
-        }
-        let step = Small512 {
-            taps,
-            bias: _mm512_set1_ps(epilogue.bias),
-            slope: _mm512_set1_ps(epilogue.slope),
-            max: _mm512_set1_ps(epilogue.max),
+        let step = SmallPlane {
+            // SAFETY: the caller's CPU has `V`'s instructions.
+            channel: unsafe { Channel::<V>::new(&weight[9 * c..9 * c + 9], epilogue) },
             // The first output's position in `padded`, minus one row and one column.
             corner: padded.as_ptr().wrapping_add(lead - w - 1),
             w,
+            plane,
             out: out.as_mut_ptr().cast::<f32>(),
         };
-        let mut groups = masks.chunks_exact(SMALL_GROUP);
+        let mut groups = masks.chunks_exact(G);
         let mut v = 0;
         for group in &mut groups {
             // SAFETY: `lead` zeros before the plane and `w + 1` after the last vector keep
-            // every tap inside `padded`; stores stay inside the plane (masked).
-            unsafe { step.vectors::<SMALL_GROUP>(v, group) };
-            v += SMALL_GROUP;
+            // every tap inside `padded`; stores stay inside the plane.
+            unsafe { step.vectors::<G>(v, group) };
+            v += G;
         }
         for masks in groups.remainder().chunks(1) {
             // SAFETY: as above.
@@ -734,44 +675,48 @@ unsafe fn convolve_small_avx512(
     }
 }
 
-/// One channel of [`convolve_small_avx512`].
-struct Small512 {
-    taps: [__m512; 9],
-    bias: __m512,
-    slope: __m512,
-    max: __m512,
+/// One channel's plane in [`small_planes`].
+struct SmallPlane<V> {
+    channel: Channel<V>,
     corner: *const f32,
     w: usize,
+    plane: usize,
     out: *mut f32,
 }
 
-impl Small512 {
-    /// Output vectors `v..v + G`, with their masks.
+impl<V: Vector> SmallPlane<V> {
+    /// Output vectors `v..v + G`, with their column masks.
     ///
     /// # Safety
-    /// The CPU must support AVX-512F; the taps' loads and the stores must stay inside the
-    /// padded plane and the output plane.
+    /// The CPU must support `V`'s instructions; the taps' loads must stay inside the padded
+    /// plane.
     #[inline(always)]
-    unsafe fn vectors<const G: usize>(&self, v: usize, masks: &[[__mmask16; 3]]) {
-        // SAFETY: the caller's promises.
+    unsafe fn vectors<const G: usize>(&self, v: usize, masks: &[[V::Mask; 2]]) {
+        // SAFETY: the caller's promises; stores are limited to the plane.
         unsafe {
-            let mut acc = [self.bias; G];
+            let mut acc = [self.channel.bias; G];
             for ky in 0..3 {
                 for kx in 0..3 {
                     for (g, acc) in acc.iter_mut().enumerate() {
-                        let at = self.corner.add((v + g) * LANES_512 + ky * self.w + kx);
+                        let at = self.corner.add((v + g) * V::LANES + ky * self.w + kx);
                         let x = match kx {
-                            0 => _mm512_maskz_loadu_ps(masks[g][0], at),
-                            2 => _mm512_maskz_loadu_ps(masks[g][1], at),
-                            _ => _mm512_loadu_ps(at),
+                            0 => V::load(at).keep(masks[g][0]),
+                            2 => V::load(at).keep(masks[g][1]),
+                            _ => V::load(at),
                         };
-                        *acc = _mm512_fmadd_ps(self.taps[3 * ky + kx], x, *acc);
+                        *acc = V::fmadd(self.channel.taps[3 * ky + kx], x, *acc);
                     }
                 }
             }
             for (g, acc) in acc.into_iter().enumerate() {
-                let values = acc.activate(self.slope, self.max);
-                _mm512_mask_storeu_ps(self.out.add((v + g) * LANES_512), masks[g][2], values);
+                let values = acc.activate(self.channel.slope, self.channel.max);
+                let first = (v + g) * V::LANES;
+                let valid = (self.plane - first).min(V::LANES);
+                if valid == V::LANES {
+                    values.store(self.out.add(first));
+                } else {
+                    values.store_first(self.out.add(first), valid);
+                }
             }
         }
     }
