@@ -22,7 +22,7 @@ use std::ops::Range;
 
 use super::Epilogue;
 
-/// Outputs per AVX2 vector (the small-map kernel's AVX2 build).
+/// Lanes per AVX2 vector.
 const LANES: usize = 8;
 
 /// Whether this kernel runs a depthwise layer: a 3x3 kernel, stride 1 or 2, and a CPU with
@@ -60,8 +60,21 @@ pub(super) trait Vector: Copy {
     /// [`Epilogue::activate`] on every lane (`slope` and `max` splatted).
     unsafe fn activate(self, slope: Self, max: Self) -> Self;
     unsafe fn store(self, at: *mut f32);
-    /// Stores the first `count` lanes.
-    unsafe fn store_first(self, at: *mut f32, count: usize);
+    /// Stores the first `count` lanes, `count < LANES`.
+    unsafe fn store_part(self, at: *mut f32, count: usize);
+
+    /// Stores the first `count` lanes (`1..=LANES`): a plain store when that is all of them.
+    #[inline(always)]
+    unsafe fn store_first(self, at: *mut f32, count: usize) {
+        // SAFETY: the caller's promise.
+        unsafe {
+            if count == Self::LANES {
+                self.store(at);
+            } else {
+                self.store_part(at, count);
+            }
+        }
+    }
 }
 
 impl Vector for __m256 {
@@ -153,7 +166,7 @@ impl Vector for __m256 {
 
     /// Through the stack: a masked store was slower on AMD Zen 4.
     #[inline(always)]
-    unsafe fn store_first(self, at: *mut f32, count: usize) {
+    unsafe fn store_part(self, at: *mut f32, count: usize) {
         let mut lanes = [0f32; LANES];
         // SAFETY: the caller's promise.
         unsafe {
@@ -249,7 +262,7 @@ impl Vector for __m512 {
     }
 
     #[inline(always)]
-    unsafe fn store_first(self, at: *mut f32, count: usize) {
+    unsafe fn store_part(self, at: *mut f32, count: usize) {
         // SAFETY: the caller's promise; lanes past `count` are not written.
         unsafe { _mm512_mask_storeu_ps(at, ((1u32 << count) - 1) as __mmask16, self) }
     }
@@ -402,12 +415,7 @@ unsafe fn chunk_rows<V: Vector, const R: usize, const S: usize, const MASKED: bo
         unsafe {
             let sums = if S == 2 { acc.in_order() } else { acc };
             let values = sums.activate(channel.slope, channel.max);
-            let at = out.add(r * ow);
-            if chunk.valid == V::LANES {
-                values.store(at);
-            } else {
-                values.store_first(at, chunk.valid);
-            }
+            values.store_first(out.add(r * ow), chunk.valid);
         }
     }
 }
@@ -600,7 +608,7 @@ unsafe fn convolve_small_avx2(
     dst: &mut [MaybeUninit<f32>],
     map: (usize, usize),
 ) {
-    // One chain: with 9 taps and 2 masks in 16 registers, more would spill.
+    // One chain: two side by side were slower here (bench --layers, e.g. 231@10x10 1.14x).
     // SAFETY: as for `convolve_small`.
     unsafe { small_planes::<__m256, 1>(channels, weight, epilogues, src, dst, map) }
 }
@@ -711,12 +719,7 @@ impl<V: Vector> SmallPlane<V> {
             for (g, acc) in acc.into_iter().enumerate() {
                 let values = acc.activate(self.channel.slope, self.channel.max);
                 let first = (v + g) * V::LANES;
-                let valid = (self.plane - first).min(V::LANES);
-                if valid == V::LANES {
-                    values.store(self.out.add(first));
-                } else {
-                    values.store_first(self.out.add(first), valid);
-                }
+                values.store_first(self.out.add(first), (self.plane - first).min(V::LANES));
             }
         }
     }

@@ -360,7 +360,7 @@ impl Layer {
                 for (v, &sum) in sums.iter().enumerate() {
                     let value = V::add(sum, bias).activate(slope, max);
                     if partial(v) {
-                        value.store_first(at.add(v * V::LANES), last);
+                        value.store_part(at.add(v * V::LANES), last);
                     } else {
                         value.store(at.add(v * V::LANES));
                     }
