@@ -4,7 +4,9 @@
 //! - pointwise (1x1, stride 1): one GEMM, `out[Cout, HW] = W[Cout, Cin] * x[Cin, HW]`; with at
 //!   most 32 input channels on x86-64 with AVX2 and FMA (128 with AVX-512F), a direct kernel
 //!   instead ([`pointwise_avx2`]), which also runs the stems (3x3 layers of 3 input channels,
-//!   reading their taps from the phase planes);
+//!   reading their taps from the phase planes); with more, on AVX-512F, a kernel over weights
+//!   packed at load with output channels along the lanes ([`pointwise_panels`]) where the input
+//!   fits in L2 and the layer is not a 4x expansion;
 //! - depthwise (one input channel per group): a direct loop summing all taps of 8 outputs in
 //!   registers, reading zero-padded phase planes ([`PhaseLayout`]) so it has no bounds tests;
 //!   on x86-64 with AVX2 and FMA, 3x3 stride 1 and 2 read the input in place instead
@@ -39,6 +41,8 @@ mod banded;
 mod depthwise_avx2;
 #[cfg(target_arch = "x86_64")]
 mod pointwise_avx2;
+#[cfg(target_arch = "x86_64")]
+mod pointwise_panels;
 mod winograd;
 
 pub use banded::inverted_residual;
@@ -149,6 +153,9 @@ pub struct FusedConv2d {
     weight: Vec<f32>,
     /// For [`Kernel::Winograd`], the transformed kernels.
     winograd: Option<winograd::Weights>,
+    /// For pointwise layers that [`pointwise_panels`] runs, the weights in its panels.
+    #[cfg(target_arch = "x86_64")]
+    panels: Option<pointwise_panels::Panels>,
     bias: Vec<f32>,
     in_channels: usize,
     out_channels: usize,
@@ -207,9 +214,15 @@ impl FusedConv2d {
             };
         let winograd = (kind == Kernel::Winograd)
             .then(|| winograd::Weights::new(&weight, out_channels, in_channels));
+        #[cfg(target_arch = "x86_64")]
+        let panels = (kind == Kernel::Pointwise
+            && pointwise_panels::runs(in_channels, out_channels))
+        .then(|| pointwise_panels::Panels::new(&weight, out_channels, in_channels));
         Ok(Self {
             weight,
             winograd,
+            #[cfg(target_arch = "x86_64")]
+            panels,
             bias,
             in_channels,
             out_channels,
@@ -291,6 +304,18 @@ impl FusedConv2d {
         let plane = oh * ow;
         for (src, dst) in inputs.zip(dst.chunks_exact_mut(out_plane)) {
             self.in_halves(plane, dst, |channels, dst| match self.kernel_for(plane) {
+                // SAFETY: the panels exist only where the CPU runs their kernel; with
+                // `accumulate`, `dst` holds the shortcut's values.
+                #[cfg(target_arch = "x86_64")]
+                Kernel::Pointwise
+                    if self.panels.is_some() && pointwise_panels::fits(self.in_channels, plane) =>
+                unsafe {
+                    let panels = self.panels.as_ref().expect("checked");
+                    let epilogues = self.epilogues(channels.clone());
+                    pointwise_panels::convolve(
+                        panels, channels, &epilogues, src, plane, dst, accumulate,
+                    )
+                },
                 // SAFETY: with `accumulate`, `dst` holds the shortcut's values.
                 Kernel::Pointwise => unsafe {
                     let k = self.in_channels;
@@ -354,12 +379,24 @@ impl FusedConv2d {
         {
             return work(0..cout, dst);
         }
-        // From 16 channels, a multiple of 8 in the first half, for the GEMMs' register tiles.
+        // From 16 channels, a multiple of 8 in the first half, for the GEMMs' register tiles (of
+        // a panel for the panel kernel, which needs its channels to start on one).
+        #[cfg(target_arch = "x86_64")]
+        let align = if self.panels.is_some() {
+            pointwise_panels::PANEL
+        } else {
+            8
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        let align = 8;
         let half = if cout >= 16 {
-            (cout / 2).next_multiple_of(8).min(cout - 1)
+            (cout / 2).next_multiple_of(align)
         } else {
             cout / 2
         };
+        if half == 0 || half >= cout {
+            return work(0..cout, dst);
+        }
         let (first, second) = dst.split_at_mut(half * plane);
         rayon::join(|| work(0..half, first), || work(half..cout, second));
     }
@@ -1380,6 +1417,8 @@ mod tests {
             (8, 8, 3, ConvGeometry::new(1, 1, 8), 112),
             (32, 48, 3, ConvGeometry::new(1, 1, 1), 56),
             (64, 64, 3, ConvGeometry::new(1, 1, 1), 15),
+            (160, 96, 1, ConvGeometry::new(1, 0, 1), 14),
+            (192, 192, 1, ConvGeometry::new(1, 0, 1), 14),
             (16, 32, 3, ConvGeometry::new(2, 1, 1), 56),
             (3, 8, 3, ConvGeometry::new(2, 1, 1), 160),
         ];

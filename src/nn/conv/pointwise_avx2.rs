@@ -39,7 +39,7 @@ const SCRATCH_FLOATS: usize = 4096;
 /// The most input channels the AVX2 build takes; `gemm` runs layers with more.
 const MAX_INPUT_CHANNELS: usize = 32;
 /// The most input channels the AVX-512 build takes.
-const MAX_INPUT_CHANNELS_512: usize = 128;
+pub(super) const MAX_INPUT_CHANNELS_512: usize = 128;
 /// Above this many input channels, the AVX-512 build's tiles are 8 output channels by 2
 /// vectors: a block of 64 positions of that many rows no longer fits in L1 beside the rest,
 /// and 32 positions with 8 channels load as many values per multiply-add.
