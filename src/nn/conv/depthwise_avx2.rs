@@ -572,7 +572,9 @@ const SMALL_MAP_COLUMNS: usize = 32;
 /// masked to zero instead. The sums are those of [`convolve`], in the same order.
 ///
 /// On CPUs with AVX-512F (and the `avx512` feature), vectors of 16 outputs, 4 of them summed
-/// side by side. Both builds are one body ([`small_planes`]) over [`Vector`].
+/// side by side, and maps of up to [`IN_PLACE_MAX_OUTPUTS`] read in place, every tap's load
+/// masked to the lanes whose input lies inside the map. Both builds are one body
+/// ([`small_planes`]) over [`Vector`].
 ///
 /// # Safety
 /// The CPU must support AVX2 and FMA ([`runs_small`]); `dst` must hold `channels.len() * h * w`
@@ -610,8 +612,16 @@ unsafe fn convolve_small_avx2(
 ) {
     // One chain: two side by side were slower here (bench --layers, e.g. 231@10x10 1.14x).
     // SAFETY: as for `convolve_small`.
-    unsafe { small_planes::<__m256, 1>(channels, weight, epilogues, src, dst, map) }
+    unsafe { small_planes::<__m256, 1, false>(channels, weight, epilogues, src, dst, map) }
 }
+
+/// Maps of at most this many outputs run [`small_planes`] in place in the AVX-512 build: masked
+/// loads (a mask per tap) instead of a zero-padded copy per channel, whose stores the loads then
+/// wait for; that weighs most on the smallest maps (`bench --layers`, 6 alternating rounds,
+/// Zen 5: 960@7x7 0.70-0.73x the time, 256@8x10 0.73x, 154@10x10 0.75x, 231@10x10 0.82x,
+/// 128@6x6 0.75x; but 128@15x20 1.33x and 64@24x24 1.58x, whose copies are spread over more
+/// outputs and whose masked loads cost more than plain ones).
+const IN_PLACE_MAX_OUTPUTS: usize = 100;
 
 /// [`convolve_small`] with AVX-512F: vectors of 16 outputs.
 ///
@@ -627,13 +637,20 @@ unsafe fn convolve_small_avx512(
     map: (usize, usize),
 ) {
     // SAFETY: as for `convolve_small`.
-    unsafe { small_planes::<__m512, 4>(channels, weight, epilogues, src, dst, map) }
+    unsafe {
+        if map.0 * map.1 <= IN_PLACE_MAX_OUTPUTS {
+            small_planes::<__m512, 4, true>(channels, weight, epilogues, src, dst, map)
+        } else {
+            small_planes::<__m512, 4, false>(channels, weight, epilogues, src, dst, map)
+        }
+    }
 }
 
 /// The body of [`convolve_small`], in vectors `V`, `G` vectors of outputs summed side by side
-/// (independent chains).
+/// (independent chains); `IN_PLACE`, reading the channels where they are through masked loads
+/// (only for vectors whose masked loads do not fault on the lanes they leave out: AVX-512).
 #[inline(always)]
-unsafe fn small_planes<V: Vector, const G: usize>(
+unsafe fn small_planes<V: Vector, const G: usize, const IN_PLACE: bool>(
     channels: Range<usize>,
     weight: &[f32],
     epilogues: &[Epilogue],
@@ -644,25 +661,54 @@ unsafe fn small_planes<V: Vector, const G: usize>(
     let plane = h * w;
     let vectors = plane.div_ceil(V::LANES);
     // Zeros before the plane for the row above the first, after it for the row below the last
-    // and the last vector's lanes past the plane.
+    // and the last vector's lanes past the plane (not needed in place).
     let lead = w + 1;
-    let mut padded = vec![0f32; lead + vectors * V::LANES + w + 1];
-    // Per vector of outputs: lanes not in the first column, lanes not in the last.
-    let masks: Vec<[V::Mask; 2]> = (0..vectors)
+    let mut padded = vec![
+        0f32;
+        if IN_PLACE {
+            0
+        } else {
+            lead + vectors * V::LANES + w + 1
+        }
+    ];
+    // Per vector of outputs and tap `(ky, kx)`, the lanes whose tap lies inside the map (in
+    // place), or only those not in the first (kx = 0) or the last (kx = 2) column.
+    let masks: Vec<[V::Mask; 9]> = (0..vectors)
         .map(|v| {
-            let column = |l: usize| (v * V::LANES + l) % w;
-            [V::mask(|l| column(l) != 0), V::mask(|l| column(l) != w - 1)]
+            // Row and column of each lane's output (one division per lane, not per tap).
+            let lanes: [(usize, usize); 16] = std::array::from_fn(|l| {
+                let p = v * V::LANES + l;
+                (p / w, p % w)
+            });
+            std::array::from_fn(|tap| {
+                let (ky, kx) = (tap / 3, tap % 3);
+                if !IN_PLACE && ky > 0 {
+                    // Not read: a copied plane's taps use the column masks of row 0.
+                    return V::mask(|_| true);
+                }
+                V::mask(|l| {
+                    let (y, x) = lanes[l];
+                    let column = (kx != 0 || x > 0) && (kx != 2 || x + 1 < w);
+                    let row = (ky != 0 || y > 0) && (ky != 2 || y + 1 < h);
+                    column && (!IN_PLACE || (y < h && row))
+                })
+            })
         })
         .collect();
     let planes = src[channels.start * plane..channels.end * plane].chunks_exact(plane);
     let outputs = dst[..channels.len() * plane].chunks_exact_mut(plane);
     for (((c, input), out), &epilogue) in channels.zip(planes).zip(outputs).zip(epilogues) {
-        padded[lead..lead + plane].copy_from_slice(input);
+        let first = if IN_PLACE {
+            input.as_ptr()
+        } else {
+            padded[lead..lead + plane].copy_from_slice(input);
+            padded[lead..].as_ptr()
+        };
         let step = SmallPlane {
             // SAFETY: the caller's CPU has `V`'s instructions.
             channel: unsafe { Channel::<V>::new(&weight[9 * c..9 * c + 9], epilogue) },
-            // The first output's position in `padded`, minus one row and one column.
-            corner: padded.as_ptr().wrapping_add(lead - w - 1),
+            // The first output's position, minus one row and one column.
+            corner: first.wrapping_sub(w + 1),
             w,
             plane,
             out: out.as_mut_ptr().cast::<f32>(),
@@ -670,14 +716,15 @@ unsafe fn small_planes<V: Vector, const G: usize>(
         let mut groups = masks.chunks_exact(G);
         let mut v = 0;
         for group in &mut groups {
-            // SAFETY: `lead` zeros before the plane and `w + 1` after the last vector keep
-            // every tap inside `padded`; stores stay inside the plane.
-            unsafe { step.vectors::<G>(v, group) };
+            // SAFETY: in place, the masks keep every tap inside the plane; else `lead` zeros
+            // before the plane and `w + 1` after the last vector keep every tap inside
+            // `padded`; stores stay inside the plane.
+            unsafe { step.vectors::<G, IN_PLACE>(v, group) };
             v += G;
         }
         for masks in groups.remainder().chunks(1) {
             // SAFETY: as above.
-            unsafe { step.vectors::<1>(v, masks) };
+            unsafe { step.vectors::<1, IN_PLACE>(v, masks) };
             v += 1;
         }
     }
@@ -699,18 +746,26 @@ impl<V: Vector> SmallPlane<V> {
     /// The CPU must support `V`'s instructions; the taps' loads must stay inside the padded
     /// plane.
     #[inline(always)]
-    unsafe fn vectors<const G: usize>(&self, v: usize, masks: &[[V::Mask; 2]]) {
+    unsafe fn vectors<const G: usize, const IN_PLACE: bool>(
+        &self,
+        v: usize,
+        masks: &[[V::Mask; 9]],
+    ) {
         // SAFETY: the caller's promises; stores are limited to the plane.
         unsafe {
             let mut acc = [self.channel.bias; G];
             for ky in 0..3 {
                 for kx in 0..3 {
                     for (g, acc) in acc.iter_mut().enumerate() {
-                        let at = self.corner.add((v + g) * V::LANES + ky * self.w + kx);
+                        let at = self
+                            .corner
+                            .wrapping_add((v + g) * V::LANES + ky * self.w + kx);
+                        // Copied planes need only the column masks, the same in every row.
+                        let mask = masks[g][if IN_PLACE { 3 * ky + kx } else { kx }];
                         let x = match kx {
-                            0 => V::load(at).keep(masks[g][0]),
-                            2 => V::load(at).keep(masks[g][1]),
-                            _ => V::load(at),
+                            _ if IN_PLACE => V::load_masked(at, mask),
+                            1 => V::load(at),
+                            _ => V::load(at).keep(mask),
                         };
                         *acc = V::fmadd(self.channel.taps[3 * ky + kx], x, *acc);
                     }
@@ -812,7 +867,8 @@ mod tests {
 
     /// Both builds of the small-map kernel give the row kernel's values bit for bit (same sums,
     /// same order): rows narrower than, as wide as and wider than a vector, planes that end
-    /// inside one, and planes of 1 to 5 groups of 4 vectors.
+    /// inside one, and planes of 1 to 5 groups of 4 vectors (the 512-bit build's read in place
+    /// up to 100 outputs, copied above).
     #[test]
     fn small_maps_sum_as_the_row_kernel() {
         if !runs((3, 3), 1) {
