@@ -619,9 +619,10 @@ unsafe fn convolve_small_avx2(
 /// loads (a mask per tap) instead of a zero-padded copy per channel, whose stores the loads then
 /// wait for; that weighs most on the smallest maps (`bench --layers`, 6 alternating rounds,
 /// Zen 5: 960@7x7 0.70-0.73x the time, 256@8x10 0.73x, 154@10x10 0.75x, 231@10x10 0.82x,
-/// 128@6x6 0.75x; but 128@15x20 1.33x and 64@24x24 1.58x, whose copies are spread over more
-/// outputs and whose masked loads cost more than plain ones).
-const IN_PLACE_MAX_OUTPUTS: usize = 100;
+/// 128@6x6 0.75x, 576@14x14 0.92-0.95x, 384@14x14 0.96x, 128@12x12 0.86-1.00x; but 128@15x20
+/// 1.33x and 64@24x24 1.58x, whose copies are spread over more outputs and whose masked loads
+/// cost more than plain ones).
+const IN_PLACE_MAX_OUTPUTS: usize = 196;
 
 /// [`convolve_small`] with AVX-512F: vectors of 16 outputs.
 ///
@@ -868,7 +869,7 @@ mod tests {
     /// Both builds of the small-map kernel give the row kernel's values bit for bit (same sums,
     /// same order): rows narrower than, as wide as and wider than a vector, planes that end
     /// inside one, and planes of 1 to 5 groups of 4 vectors (the 512-bit build's read in place
-    /// up to 100 outputs, copied above).
+    /// up to 196 outputs, copied above).
     #[test]
     fn small_maps_sum_as_the_row_kernel() {
         if !runs((3, 3), 1) {
