@@ -16,6 +16,11 @@
 //! (16x16, 64 shuffles) and leave as one row of positions per output channel, with bias,
 //! shortcut and activation applied there (a gather from a buffer instead was far slower).
 //!
+//! There is no AVX2 build: one with panels of 8, tiles of 2 panels by 6 positions and 8x8
+//! transposes (bench --layers of the `--no-default-features` build, 5 alternating rounds on
+//! Zen 5) was level with `gemm`'s AVX2 kernels above 128 input channels (0.96-1.05x) and
+//! 1.04-1.38x slower from 33 to 128, where the transposition weighs more against shorter sums.
+//!
 //! Each output sums its input channels in order, one fused multiply-add each, from zero; then
 //! the shortcut (if any) and the bias are added: the same steps for every tile shape, so
 //! splitting the output channels between threads (at multiples of [`PANEL`]) changes no value.
