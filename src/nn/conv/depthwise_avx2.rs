@@ -672,30 +672,31 @@ unsafe fn small_planes<V: Vector, const G: usize, const IN_PLACE: bool>(
             lead + vectors * V::LANES + w + 1
         }
     ];
-    // Per vector of outputs and tap `(ky, kx)`, the lanes whose tap lies inside the map (in
-    // place), or only those not in the first (kx = 0) or the last (kx = 2) column.
-    let masks: Vec<[V::Mask; 9]> = (0..vectors)
-        .map(|v| {
-            // Row and column of each lane's output (one division per lane, not per tap).
-            let lanes: [(usize, usize); 16] = std::array::from_fn(|l| {
-                let p = v * V::LANES + l;
-                (p / w, p % w)
-            });
-            std::array::from_fn(|tap| {
-                let (ky, kx) = (tap / 3, tap % 3);
-                if !IN_PLACE && ky > 0 {
-                    // Not read: a copied plane's taps use the column masks of row 0.
-                    return V::mask(|_| true);
-                }
-                V::mask(|l| {
-                    let (y, x) = lanes[l];
-                    let column = (kx != 0 || x > 0) && (kx != 2 || x + 1 < w);
-                    let row = (ky != 0 || y > 0) && (ky != 2 || y + 1 < h);
-                    column && (!IN_PLACE || (y < h && row))
-                })
+    // Per vector of outputs: in place, for each tap `(ky, kx)`, the lanes whose tap lies inside
+    // the map; else the lanes not in the first column (for kx = 0) and not in the last (kx = 2).
+    let taps = if IN_PLACE { 9 } else { 2 };
+    let mut masks = Vec::with_capacity(vectors * taps);
+    for v in 0..vectors {
+        // Row and column of each lane's output (one division per lane, not per tap).
+        let mut lanes = [(0, 0); 16];
+        for (l, lane) in lanes.iter_mut().enumerate().take(V::LANES) {
+            let p = v * V::LANES + l;
+            *lane = (p / w, p % w);
+        }
+        let inside = |ky: usize, kx: usize| {
+            V::mask(|l| {
+                let (y, x) = lanes[l];
+                let column = (kx != 0 || x > 0) && (kx != 2 || x + 1 < w);
+                let row = (ky != 0 || y > 0) && (ky != 2 || y + 1 < h);
+                column && (!IN_PLACE || (y < h && row))
             })
-        })
-        .collect();
+        };
+        if IN_PLACE {
+            masks.extend((0..9).map(|tap| inside(tap / 3, tap % 3)));
+        } else {
+            masks.extend([inside(0, 0), inside(0, 2)]);
+        }
+    }
     let planes = src[channels.start * plane..channels.end * plane].chunks_exact(plane);
     let outputs = dst[..channels.len() * plane].chunks_exact_mut(plane);
     for (((c, input), out), &epilogue) in channels.zip(planes).zip(outputs).zip(epilogues) {
@@ -714,7 +715,7 @@ unsafe fn small_planes<V: Vector, const G: usize, const IN_PLACE: bool>(
             plane,
             out: out.as_mut_ptr().cast::<f32>(),
         };
-        let mut groups = masks.chunks_exact(G);
+        let mut groups = masks.chunks_exact(G * taps);
         let mut v = 0;
         for group in &mut groups {
             // SAFETY: in place, the masks keep every tap inside the plane; else `lead` zeros
@@ -723,7 +724,7 @@ unsafe fn small_planes<V: Vector, const G: usize, const IN_PLACE: bool>(
             unsafe { step.vectors::<G, IN_PLACE>(v, group) };
             v += G;
         }
-        for masks in groups.remainder().chunks(1) {
+        for masks in groups.remainder().chunks(taps) {
             // SAFETY: as above.
             unsafe { step.vectors::<1, IN_PLACE>(v, masks) };
             v += 1;
@@ -741,17 +742,14 @@ struct SmallPlane<V> {
 }
 
 impl<V: Vector> SmallPlane<V> {
-    /// Output vectors `v..v + G`, with their column masks.
+    /// Output vectors `v..v + G`, with their masks (per vector, 9 in place, else 2; see
+    /// [`small_planes`]).
     ///
     /// # Safety
     /// The CPU must support `V`'s instructions; the taps' loads must stay inside the padded
     /// plane.
     #[inline(always)]
-    unsafe fn vectors<const G: usize, const IN_PLACE: bool>(
-        &self,
-        v: usize,
-        masks: &[[V::Mask; 9]],
-    ) {
+    unsafe fn vectors<const G: usize, const IN_PLACE: bool>(&self, v: usize, masks: &[V::Mask]) {
         // SAFETY: the caller's promises; stores are limited to the plane.
         unsafe {
             let mut acc = [self.channel.bias; G];
@@ -762,7 +760,11 @@ impl<V: Vector> SmallPlane<V> {
                             .corner
                             .wrapping_add((v + g) * V::LANES + ky * self.w + kx);
                         // Copied planes need only the column masks, the same in every row.
-                        let mask = masks[g][if IN_PLACE { 3 * ky + kx } else { kx }];
+                        let mask = if IN_PLACE {
+                            masks[9 * g + 3 * ky + kx]
+                        } else {
+                            masks[2 * g + kx / 2]
+                        };
                         let x = match kx {
                             _ if IN_PLACE => V::load_masked(at, mask),
                             1 => V::load(at),
