@@ -5,8 +5,8 @@
 //!   most 32 input channels on x86-64 with AVX2 and FMA (128 with AVX-512F), a direct kernel
 //!   instead ([`pointwise_avx2`]), which also runs the stems (3x3 layers of 3 input channels,
 //!   reading their taps from the phase planes); with more, on AVX-512F, a kernel over weights
-//!   packed at load with output channels along the lanes ([`pointwise_panels`]) where the input
-//!   fits in L2 and the layer is not a 4x expansion;
+//!   packed at load with output channels along the lanes ([`pointwise_panels`]) unless the
+//!   layer is a 4x expansion;
 //! - depthwise (one input channel per group): a direct loop summing all taps of 8 outputs in
 //!   registers, reading zero-padded phase planes ([`PhaseLayout`]) so it has no bounds tests;
 //!   on x86-64 with AVX2 and FMA, 3x3 stride 1 and 2 read the input in place instead
@@ -218,6 +218,9 @@ impl FusedConv2d {
         let panels = (kind == Kernel::Pointwise
             && pointwise_panels::runs(in_channels, out_channels))
         .then(|| pointwise_panels::Panels::new(&weight, out_channels, in_channels));
+        // The panels replace the row-major weights: nothing else reads them.
+        #[cfg(target_arch = "x86_64")]
+        let weight = if panels.is_some() { Vec::new() } else { weight };
         Ok(Self {
             weight,
             winograd,
@@ -307,9 +310,7 @@ impl FusedConv2d {
                 // SAFETY: the panels exist only where the CPU runs their kernel; with
                 // `accumulate`, `dst` holds the shortcut's values.
                 #[cfg(target_arch = "x86_64")]
-                Kernel::Pointwise
-                    if self.panels.is_some() && pointwise_panels::fits(self.in_channels, plane) =>
-                unsafe {
+                Kernel::Pointwise if self.panels.is_some() => unsafe {
                     let panels = self.panels.as_ref().expect("checked");
                     let epilogues = self.epilogues(channels.clone());
                     pointwise_panels::convolve(
@@ -1376,6 +1377,8 @@ mod tests {
         check_winograd4(8, 8, 44, 20, ConvGeometry::new(1, 1, 1))?;
         // big enough for the GEMM to run in several column blocks, the last one partial
         check(300, 200, 1, 20, 21, ConvGeometry::new(1, 0, 1))?;
+        // the panel kernel (on AVX-512F): more than 128 input channels, whole panels
+        check(144, 48, 1, 9, 13, ConvGeometry::new(1, 0, 1))?;
         check(40, 48, 3, 20, 21, ConvGeometry::new(1, 1, 1))?;
         check(24, 48, 3, 41, 43, ConvGeometry::new(2, 1, 2))?;
         // depthwise kernels as large as the input: 8x8 (whole groups of 8 taps), 7x7 (a tail)

@@ -36,25 +36,21 @@ use super::Epilogue;
 /// Output channels per panel (one 512-bit vector).
 pub(super) const PANEL: usize = 16;
 
-/// The most input values (`in_channels x positions`) this kernel takes (1 MiB, an L2): each
-/// tile reads one short run from every input row, which from beyond L2 keeps too many streams
-/// in flight for the prefetchers (the mask classifier's 144->24 at 56x56, 1.8 MiB of input,
-/// took 1.22x `gemm`'s time).
-const MAX_INPUT_FLOATS: usize = 1 << 18;
-
-/// Whether this kernel can run pointwise layers of `in_channels` to `out_channels`: those the
+/// Whether this kernel runs pointwise layers of `in_channels` to `out_channels`: those the
 /// direct kernel leaves to `gemm` (more than [`MAX_INPUT_CHANNELS_512`] input channels), on
-/// CPUs with AVX-512F, except expansions to 4 or more times as many channels: their tiles'
-/// transposition, paid per output, weighs against sums that are short for their number (the
-/// mask classifier's 160->960 at 7x7 took 1.06-1.12x `gemm`'s time, 320->1280 1.03-1.08x,
-/// where 960->160 took 0.93-0.96x).
+/// CPUs with AVX-512F, whose output channels fill whole panels, except expansions to 4 or more
+/// times as many channels. Measured against `gemm` (`bench --layers`, alternating, Zen 5):
+/// - expansions: the tiles' transposition, paid per output, weighs against sums that are
+///   short for their number (the mask classifier's 160->960 at 7x7 took 1.06-1.12x `gemm`'s
+///   time, 320->1280 1.03-1.08x, where 960->160 took 0.93-0.96x);
+/// - the one other layer that was slower, the mask classifier's 144->24 at 56x56, has a
+///   half-empty second panel (and 1.8 MiB of input): 1.22x read in place, 1.70x with its input
+///   copied in blocks of positions.
 pub(super) fn runs(in_channels: usize, out_channels: usize) -> bool {
-    in_channels > MAX_INPUT_CHANNELS_512 && out_channels < 4 * in_channels && super::avx512f()
-}
-
-/// Whether it runs such a layer on maps of `positions` (see [`MAX_INPUT_FLOATS`]).
-pub(super) fn fits(in_channels: usize, positions: usize) -> bool {
-    in_channels * positions <= MAX_INPUT_FLOATS
+    in_channels > MAX_INPUT_CHANNELS_512
+        && out_channels.is_multiple_of(PANEL)
+        && out_channels < 4 * in_channels
+        && super::avx512f()
 }
 
 /// Floats ahead of the weights being read that the tiles prefetch: 64 input channels of a panel
