@@ -395,7 +395,7 @@ impl FusedConv2d {
         } else {
             cout / 2
         };
-        if half == 0 || half >= cout {
+        if half >= cout {
             return work(0..cout, dst);
         }
         let (first, second) = dst.split_at_mut(half * plane);

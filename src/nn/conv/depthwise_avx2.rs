@@ -616,12 +616,11 @@ unsafe fn convolve_small_avx2(
 }
 
 /// Maps of at most this many outputs run [`small_planes`] in place in the AVX-512 build: masked
-/// loads (a mask per tap) instead of a zero-padded copy per channel, whose stores the loads then
-/// wait for; that weighs most on the smallest maps (`bench --layers`, 6 alternating rounds,
-/// Zen 5: 960@7x7 0.70-0.73x the time, 256@8x10 0.73x, 154@10x10 0.75x, 231@10x10 0.82x,
-/// 128@6x6 0.75x, 576@14x14 0.92-0.95x, 384@14x14 0.96x, 128@12x12 0.86-1.00x; but 128@15x20
-/// 1.33x and 64@24x24 1.58x, whose copies are spread over more outputs and whose masked loads
-/// cost more than plain ones).
+/// loads (a mask per tap) instead of a zero-padded copy per channel (`bench --layers`, 6
+/// alternating rounds, Zen 5: 960@7x7 0.70-0.73x the time, 256@8x10 0.73x, 154@10x10 0.75x,
+/// 231@10x10 0.82x, 128@6x6 0.75x, 576@14x14 0.92-0.95x, 384@14x14 0.96x, 128@12x12
+/// 0.86-1.00x; but 128@15x20 1.33x and 64@24x24 1.58x). Why the copy costs most on the smallest
+/// maps I did not measure; the loads waiting for its stores is my guess.
 const IN_PLACE_MAX_OUTPUTS: usize = 196;
 
 /// [`convolve_small`] with AVX-512F: vectors of 16 outputs.
@@ -677,8 +676,9 @@ unsafe fn small_planes<V: Vector, const G: usize, const IN_PLACE: bool>(
     let taps = if IN_PLACE { 9 } else { 2 };
     let mut masks = Vec::with_capacity(vectors * taps);
     for v in 0..vectors {
-        // Row and column of each lane's output (one division per lane, not per tap).
-        let mut lanes = [(0, 0); 16];
+        // Row and column of each lane's output (one division per lane, not per tap); 16 lanes
+        // is the widest build's vector.
+        let mut lanes = [(0, 0); LANES_512];
         for (l, lane) in lanes.iter_mut().enumerate().take(V::LANES) {
             let p = v * V::LANES + l;
             *lane = (p / w, p % w);

@@ -371,16 +371,26 @@ impl Layer {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     /// [`convolve_avx2`] or [`convolve_avx512`].
     type Kernel = unsafe fn(&Operands, &mut [MaybeUninit<f32>]);
 
     /// A deterministic value in [-1, 1) for index `i` of a stream `seed`.
-    fn value(seed: u64, i: usize) -> f32 {
+    pub(in crate::nn::conv) fn value(seed: u64, i: usize) -> f32 {
         let x = (i as u64 ^ (seed << 32)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
         ((x >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+
+    /// Output channel `c`'s bias and activation in the kernels' tests: a bias from stream 3 and,
+    /// by `c % 3`, ReLU, ReLU6 with a leak, or a plain clamp at 0.5.
+    pub(in crate::nn::conv) fn epilogue(c: usize) -> Epilogue {
+        Epilogue {
+            bias: value(3, c),
+            slope: [0.0, 0.25, 1.0][c % 3],
+            max: [f32::INFINITY, 6.0, 0.5][c % 3],
+        }
     }
 
     /// The kernel against the same steps in scalar code (`f32::mul_add` rounds as the vector
@@ -419,13 +429,7 @@ mod tests {
                 let (src_stride, dst_stride) = (n + 3, n + 5);
                 let weight: Vec<f32> = (0..m * k).map(|i| value(1, i)).collect();
                 let src: Vec<f32> = (0..k * src_stride).map(|i| value(2, i) * 4.0).collect();
-                let epilogues: Vec<Epilogue> = (0..m)
-                    .map(|c| Epilogue {
-                        bias: value(3, c),
-                        slope: [0.0, 0.25, 1.0][c % 3],
-                        max: [f32::INFINITY, 6.0, 0.5][c % 3],
-                    })
-                    .collect();
+                let epilogues: Vec<Epilogue> = (0..m).map(epilogue).collect();
                 let start: Vec<f32> = (0..m * dst_stride).map(|i| value(4, i)).collect();
                 let mut dst: Vec<MaybeUninit<f32>> =
                     start.iter().map(|&v| MaybeUninit::new(v)).collect();

@@ -10,8 +10,8 @@
 //! better) in 21-24 registers: per input channel, one vector load of weights per panel, then
 //! one broadcast input per position, each feeding one multiply-add per panel. The weights of a
 //! 7x7 layer are read once per tile from L2 and were cold the first time (they are 0.6-1.2 MiB
-//! each), so the tiles prefetch them [`PREFETCH_AHEAD`] ahead: without it, the 7x7 layers took
-//! 1.2-1.3x `gemm`'s time, with it 0.93-0.97x. The sums are channel-major in registers while the
+//! each), so the tiles prefetch them [`PREFETCH_AHEAD`] ahead: without it, the 7x7 projections
+//! took 1.20-1.34x `gemm`'s time, with it 0.93-0.97x. The sums are channel-major in registers while the
 //! output is position-major per channel, so each panel's sums are transposed in registers
 //! (16x16, 64 shuffles) and leave as one row of positions per output channel, with bias,
 //! shortcut and activation applied there (a gather from a buffer instead was far slower).
@@ -19,7 +19,7 @@
 //! There is no AVX2 build: one with panels of 8, tiles of 2 panels by 6 positions and 8x8
 //! transposes (bench --layers of the `--no-default-features` build, 5 alternating rounds on
 //! Zen 5) was level with `gemm`'s AVX2 kernels above 128 input channels (0.96-1.05x) and
-//! 1.04-1.38x slower from 33 to 128, where the transposition weighs more against shorter sums.
+//! 1.04-1.38x slower from 33 to 128 (shorter sums for the same transposition, I assume).
 //!
 //! Each output sums its input channels in order, one fused multiply-add each, from zero; then
 //! the shortcut (if any) and the bias are added: the same steps for every tile shape, so
@@ -40,9 +40,9 @@ pub(super) const PANEL: usize = 16;
 /// direct kernel leaves to `gemm` (more than [`MAX_INPUT_CHANNELS_512`] input channels), on
 /// CPUs with AVX-512F, whose output channels fill whole panels, except expansions to 4 or more
 /// times as many channels. Measured against `gemm` (`bench --layers`, alternating, Zen 5):
-/// - expansions: the tiles' transposition, paid per output, weighs against sums that are
-///   short for their number (the mask classifier's 160->960 at 7x7 took 1.06-1.12x `gemm`'s
-///   time, 320->1280 1.03-1.08x, where 960->160 took 0.93-0.96x);
+/// - expansions (the mask classifier's 160->960 at 7x7 took 1.06-1.12x `gemm`'s time,
+///   320->1280 1.03-1.08x, where 960->160 took 0.93-0.96x; my guess, not measured: the
+///   transposition, paid per output, weighs more against their short sums);
 /// - the one other layer that was slower, the mask classifier's 144->24 at 56x56, has a
 ///   half-empty second panel (and 1.8 MiB of input): 1.22x read in place, 1.70x with its input
 ///   copied in blocks of positions.
@@ -158,12 +158,12 @@ unsafe fn tiles<const P: usize, const R: usize>(
     }
 }
 
-/// The operands of the tiles of up to 2 panels from one output channel.
+/// The operands of the tiles of up to 3 panels from one output channel.
 struct Tile<'a> {
-    /// The first panel's weights; a second follows `k * PANEL` floats on.
+    /// The first panel's weights; each next one follows `k * PANEL` floats on.
     weights: *const f32,
     k: usize,
-    /// Of the tile's output channels (up to `2 * PANEL`).
+    /// Of the tile's output channels (up to 3 panels).
     epilogues: &'a [Epilogue],
     /// Row of the tile's first output channel.
     dst: *mut f32,
@@ -268,13 +268,8 @@ unsafe fn transpose(rows: [__m512; 16]) -> [__m512; 16] {
 
 #[cfg(test)]
 mod tests {
+    use super::super::pointwise_avx2::tests::{epilogue, value};
     use super::*;
-
-    /// A deterministic value in [-1, 1) for index `i` of a stream `seed`.
-    fn value(seed: u64, i: usize) -> f32 {
-        let x = (i as u64 ^ (seed << 32)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        ((x >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-    }
 
     /// The kernel against the same steps in scalar code (`f32::mul_add` rounds as the vector
     /// FMA does), so every value must match bit for bit: 1 to 3 panels per tile with the last
@@ -298,13 +293,7 @@ mod tests {
             let weight: Vec<f32> = (0..m * k).map(|i| value(1, i)).collect();
             let panels = Panels::new(&weight, m, k);
             let src: Vec<f32> = (0..k * n).map(|i| value(2, i) * 4.0).collect();
-            let epilogues: Vec<Epilogue> = (first..m)
-                .map(|c| Epilogue {
-                    bias: value(3, c),
-                    slope: [0.0, 0.25, 1.0][c % 3],
-                    max: [f32::INFINITY, 6.0, 0.5][c % 3],
-                })
-                .collect();
+            let epilogues: Vec<Epilogue> = (first..m).map(epilogue).collect();
             for accumulate in [false, true] {
                 let start: Vec<f32> = (0..(m - first) * n).map(|i| value(4, i)).collect();
                 let mut dst: Vec<MaybeUninit<f32>> =
