@@ -439,89 +439,262 @@ pub fn mesh_input(
     if !(roi.size.is_finite() && roi.size > 0.0 && roi.angle.is_finite()) {
         candle_core::bail!("degenerate face box {face_ltrb:?} or eyes {left_eye:?} {right_eye:?}");
     }
-    let (w, h) = (img.width() as i64, img.height() as i64);
-    let raw = img.as_raw();
-    let stride = w as usize * 3;
-    // Bytes to floats by table (see `Levels`) and the in-photo neighbourhoods read as two
-    // 6-byte runs: 1.30 -> 0.51 ms for a face of a 1080p photo (0.59 with the table alone).
-    let levels = crate::imgproc::Levels::new();
-    let pixel = |x: i64, y: i64| -> [f32; 3] {
-        if x < 0 || y < 0 || x >= w || y >= h {
-            [0.0; 3]
-        } else {
-            let i = y as usize * stride + x as usize * 3;
-            [levels[raw[i]], levels[raw[i + 1]], levels[raw[i + 2]]]
-        }
-    };
     let plane = INPUT_SIZE * INPUT_SIZE;
     let mut out = vec![0f32; 3 * plane];
     let (red, rest) = out.split_at_mut(plane);
     let (green, blue) = rest.split_at_mut(plane);
-    // Image position of crop pixel (u, v)'s centre = origin + u * step_u + v * step_v; sampling
-    // is at pixel-centre positions (image pixel i has its centre at i + 0.5, hence the -0.5).
-    let origin = roi.to_image([0.5, 0.5, 0.0]).map(|c| c as f64 - 0.5);
-    let k = roi.size as f64 / INPUT_SIZE as f64;
-    let (sin, cos) = (roi.angle as f64).sin_cos();
-    let (step_u, step_v) = ([k * cos, k * sin], [-k * sin, k * cos]);
-    // The photo is usually out of cache by now, and a row of samples crosses many lines: each
-    // sample row fetches the lines of the next one, a sample in 4. For a face of a 1080p photo,
-    // 30 runs after writing 64 MiB, in a throwaway harness: 1.76 -> 0.81-0.86 ms (warm: 0.51 ->
-    // 0.47); 2 to 16 rows ahead, or a whole row's lines at once, did worse. `liveness bench
-    // --preprocessing` now times this step, caches warm and flushed.
-    let position = |u: usize, v: usize| {
-        let (u, v) = (u as f64, v as f64);
-        (
-            origin[0] + u * step_u[0] + v * step_v[0],
-            origin[1] + u * step_u[1] + v * step_v[1],
-        )
-    };
-    let prefetch = |u: usize, v: usize| {
-        let (x, y) = position(u, v);
-        let (x0, y0) = (floor(x), floor(y));
-        if x0 >= 0 && y0 >= 0 && x0 < w && y0 + 1 < h {
-            let i = y0 as usize * stride + x0 as usize * 3;
-            prefetch(&raw[i]);
-            prefetch(&raw[i + stride]);
-        }
-    };
+    let sampler = Sampler::new(img, &roi);
     for v in 0..INPUT_SIZE {
-        let ahead = v + PREFETCH_ROWS_AHEAD;
         let row = v * INPUT_SIZE..(v + 1) * INPUT_SIZE;
-        let outputs = red[row.clone()]
-            .iter_mut()
-            .zip(&mut green[row.clone()])
-            .zip(&mut blue[row]);
-        for (u, ((r, g), b)) in outputs.enumerate() {
-            if u % PREFETCH_STEP == 0 && ahead < INPUT_SIZE {
-                prefetch(u, ahead);
-            }
-            let (x, y) = position(u, v);
-            let (x0, y0) = (floor(x), floor(y));
-            let (fx, fy) = ((x - x0 as f64) as f32, (y - y0 as f64) as f32);
-            // The 2x2 neighbourhood: two 6-byte runs when it lies inside the photo.
-            let [p00, p10, p01, p11] = if x0 >= 0 && y0 >= 0 && x0 + 1 < w && y0 + 1 < h {
-                let i = y0 as usize * stride + x0 as usize * 3;
-                let (top, bottom) = (&raw[i..i + 6], &raw[i + stride..i + stride + 6]);
-                let rgb = |p: &[u8]| [levels[p[0]], levels[p[1]], levels[p[2]]];
-                [rgb(top), rgb(&top[3..]), rgb(bottom), rgb(&bottom[3..])]
-            } else {
-                [
-                    pixel(x0, y0),
-                    pixel(x0 + 1, y0),
-                    pixel(x0, y0 + 1),
-                    pixel(x0 + 1, y0 + 1),
-                ]
-            };
-            let sample = |c: usize| {
-                let top = p00[c] * (1.0 - fx) + p10[c] * fx;
-                let bottom = p01[c] * (1.0 - fx) + p11[c] * fx;
-                (top * (1.0 - fy) + bottom * fy) / 255.0
-            };
-            (*r, *g, *b) = (sample(0), sample(1), sample(2));
-        }
+        sampler.row(
+            v,
+            [
+                &mut red[row.clone()],
+                &mut green[row.clone()],
+                &mut blue[row],
+            ],
+        );
     }
     let tensor = Tensor::from_vec(out, (1, 3, INPUT_SIZE, INPUT_SIZE), &Device::Cpu)?;
     Ok((tensor, roi))
+}
+
+/// The bilinear sampling of [`mesh_input`]: crop pixel `(u, v)`'s centre lies at image position
+/// `origin + u * step_u + v * step_v` (pixel-centre positions: image pixel `i` has its centre at
+/// `i + 0.5`); a 2x2 neighbourhood outside the photo reads as black.
+struct Sampler<'a> {
+    raw: &'a [u8],
+    /// Bytes per image row.
+    stride: usize,
+    w: i64,
+    h: i64,
+    origin: [f64; 2],
+    step_u: [f64; 2],
+    step_v: [f64; 2],
+    /// Bytes to floats by table (see `Levels`), and the in-photo neighbourhoods read as two
+    /// 6-byte runs: 1.30 -> 0.51 ms for a face of a 1080p photo (0.59 with the table alone).
+    levels: crate::imgproc::Levels,
+}
+
+impl<'a> Sampler<'a> {
+    fn new(img: &'a image::RgbImage, roi: &RoiTransform) -> Self {
+        let k = roi.size as f64 / INPUT_SIZE as f64;
+        let (sin, cos) = (roi.angle as f64).sin_cos();
+        let [x, y, _] = roi.to_image([0.5, 0.5, 0.0]).map(|c| c as f64 - 0.5);
+        Self {
+            raw: img.as_raw(),
+            stride: img.width() as usize * 3,
+            w: img.width() as i64,
+            h: img.height() as i64,
+            origin: [x, y],
+            step_u: [k * cos, k * sin],
+            step_v: [-k * sin, k * cos],
+            levels: crate::imgproc::Levels::new(),
+        }
+    }
+
+    /// Image position of crop pixel `(u, v)`'s centre.
+    #[inline(always)]
+    fn position(&self, u: usize, v: usize) -> (f64, f64) {
+        let (u, v) = (u as f64, v as f64);
+        (
+            self.origin[0] + u * self.step_u[0] + v * self.step_v[0],
+            self.origin[1] + u * self.step_u[1] + v * self.step_v[1],
+        )
+    }
+
+    /// The photo is usually out of cache by now, and a row of samples crosses many lines: each
+    /// sample row fetches the lines of the next one, a sample in 4. For a face of a 1080p photo,
+    /// 30 runs after writing 64 MiB, in a throwaway harness: 1.76 -> 0.81-0.86 ms (warm: 0.51 ->
+    /// 0.47); 2 to 16 rows ahead, or a whole row's lines at once, did worse. `liveness bench
+    /// --preprocessing` times this step, caches warm and flushed.
+    #[inline(always)]
+    fn prefetch_for(&self, u: usize, v: usize) {
+        let ahead = v + PREFETCH_ROWS_AHEAD;
+        if !u.is_multiple_of(PREFETCH_STEP) || ahead >= INPUT_SIZE {
+            return;
+        }
+        let (x, y) = self.position(u, ahead);
+        let (x0, y0) = (floor(x), floor(y));
+        if x0 >= 0 && y0 >= 0 && x0 < self.w && y0 + 1 < self.h {
+            let i = y0 as usize * self.stride + x0 as usize * 3;
+            prefetch(&self.raw[i]);
+            prefetch(&self.raw[i + self.stride]);
+        }
+    }
+
+    fn pixel(&self, x: i64, y: i64) -> [f32; 3] {
+        if x < 0 || y < 0 || x >= self.w || y >= self.h {
+            [0.0; 3]
+        } else {
+            let i = y as usize * self.stride + x as usize * 3;
+            let levels = &self.levels;
+            [
+                levels[self.raw[i]],
+                levels[self.raw[i + 1]],
+                levels[self.raw[i + 2]],
+            ]
+        }
+    }
+
+    /// Crop pixel `(u, v)`: red, green and blue in `[0, 1]`.
+    #[inline(always)]
+    fn sample(&self, u: usize, v: usize) -> [f32; 3] {
+        let (x, y) = self.position(u, v);
+        let (x0, y0) = (floor(x), floor(y));
+        let (fx, fy) = ((x - x0 as f64) as f32, (y - y0 as f64) as f32);
+        // The 2x2 neighbourhood: two 6-byte runs when it lies inside the photo.
+        let [p00, p10, p01, p11] = if x0 >= 0 && y0 >= 0 && x0 + 1 < self.w && y0 + 1 < self.h {
+            let i = y0 as usize * self.stride + x0 as usize * 3;
+            let (top, bottom) = (
+                &self.raw[i..i + 6],
+                &self.raw[i + self.stride..i + self.stride + 6],
+            );
+            let levels = &self.levels;
+            let rgb = |p: &[u8]| [levels[p[0]], levels[p[1]], levels[p[2]]];
+            [rgb(top), rgb(&top[3..]), rgb(bottom), rgb(&bottom[3..])]
+        } else {
+            [
+                self.pixel(x0, y0),
+                self.pixel(x0 + 1, y0),
+                self.pixel(x0, y0 + 1),
+                self.pixel(x0 + 1, y0 + 1),
+            ]
+        };
+        std::array::from_fn(|c| {
+            let top = p00[c] * (1.0 - fx) + p10[c] * fx;
+            let bottom = p01[c] * (1.0 - fx) + p11[c] * fx;
+            (top * (1.0 - fy) + bottom * fy) / 255.0
+        })
+    }
+
+    /// Crop row `v` into `rows` (red, green, blue; [`INPUT_SIZE`] values each).
+    fn row(&self, v: usize, rows: [&mut [f32]; 3]) {
+        #[cfg(target_arch = "x86_64")]
+        if is_x86_feature_detected!("avx2") && self.raw.len() <= i32::MAX as usize {
+            // SAFETY: the CPU supports AVX2; the photo's byte offsets fit the gathers' i32.
+            return unsafe { self.row_avx2(v, rows) };
+        }
+        self.row_from(v, 0, rows);
+    }
+
+    /// [`Self::row`] from column `u0` on, one sample at a time.
+    fn row_from(&self, v: usize, u0: usize, [red, green, blue]: [&mut [f32]; 3]) {
+        for u in u0..INPUT_SIZE {
+            self.prefetch_for(u, v);
+            [red[u], green[u], blue[u]] = self.sample(u, v);
+        }
+    }
+
+    /// [`Self::row`] 8 samples at a time: positions in `f64` as [`Self::sample`] computes them,
+    /// the four neighbours gathered as 4 bytes each (the 4th byte is not used) where all 8
+    /// neighbourhoods lie inside the photo with a column to spare (so that no gather reads past
+    /// its end), [`Self::sample`] for the 8 otherwise. Products and sums are rounded as
+    /// [`Self::sample`] rounds them (multiply, then add; no FMA), so the crop is the same.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2; the photo must hold at most `i32::MAX` bytes.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn row_avx2(&self, v: usize, rows: [&mut [f32]; 3]) {
+        use std::arch::x86_64::*;
+        const LANES: usize = 8;
+        const _: () = assert!(INPUT_SIZE.is_multiple_of(LANES));
+        let (vf, stride) = (v as f64, self.stride as i32);
+        // `origin + u * step_u` plus `v * step_v`, summed in the scalar order.
+        let row_x = _mm256_set1_pd(vf * self.step_v[0]);
+        let row_y = _mm256_set1_pd(vf * self.step_v[1]);
+        let (origin_x, origin_y) = (
+            _mm256_set1_pd(self.origin[0]),
+            _mm256_set1_pd(self.origin[1]),
+        );
+        let (step_x, step_y) = (
+            _mm256_set1_pd(self.step_u[0]),
+            _mm256_set1_pd(self.step_u[1]),
+        );
+        // Neighbourhoods inside with a column to spare: x0 >= 0, x0 + 2 < w, y0 >= 0, y0 + 1 < h.
+        let (x_max, y_max) = (
+            _mm256_set1_pd((self.w - 2) as f64),
+            _mm256_set1_pd((self.h - 1) as f64),
+        );
+        let zero = _mm256_setzero_pd();
+        let half = |u: __m256d| {
+            let x = _mm256_add_pd(_mm256_add_pd(origin_x, _mm256_mul_pd(u, step_x)), row_x);
+            let y = _mm256_add_pd(_mm256_add_pd(origin_y, _mm256_mul_pd(u, step_y)), row_y);
+            let (x0, y0) = (_mm256_floor_pd(x), _mm256_floor_pd(y));
+            let inside = _mm256_and_pd(
+                _mm256_and_pd(
+                    _mm256_cmp_pd::<_CMP_GE_OQ>(x0, zero),
+                    _mm256_cmp_pd::<_CMP_LT_OQ>(x0, x_max),
+                ),
+                _mm256_and_pd(
+                    _mm256_cmp_pd::<_CMP_GE_OQ>(y0, zero),
+                    _mm256_cmp_pd::<_CMP_LT_OQ>(y0, y_max),
+                ),
+            );
+            let fractions = (
+                _mm256_cvtpd_ps(_mm256_sub_pd(x, x0)),
+                _mm256_cvtpd_ps(_mm256_sub_pd(y, y0)),
+            );
+            (x0, y0, fractions, _mm256_movemask_pd(inside) == 0b1111)
+        };
+        let channel = |bytes: __m256i, c: usize| {
+            let shifted = _mm256_srlv_epi32(bytes, _mm256_set1_epi32(8 * c as i32));
+            _mm256_cvtepi32_ps(_mm256_and_si256(shifted, _mm256_set1_epi32(0xff)))
+        };
+        let (one, scale) = (_mm256_set1_ps(1.0), _mm256_set1_ps(255.0));
+        let base = self.raw.as_ptr().cast::<i32>();
+        let [red, green, blue] = rows;
+        for u0 in (0..INPUT_SIZE).step_by(LANES) {
+            self.prefetch_for(u0, v);
+            self.prefetch_for(u0 + PREFETCH_STEP, v);
+            let u = |k: usize| (u0 + k) as f64;
+            let (x0a, y0a, (fxa, fya), inside_a) = half(_mm256_setr_pd(u(0), u(1), u(2), u(3)));
+            let (x0b, y0b, (fxb, fyb), inside_b) = half(_mm256_setr_pd(u(4), u(5), u(6), u(7)));
+            if !(inside_a && inside_b) {
+                for u in u0..u0 + LANES {
+                    [red[u], green[u], blue[u]] = self.sample(u, v);
+                }
+                continue;
+            }
+            let x0 = _mm256_set_m128i(_mm256_cvtpd_epi32(x0b), _mm256_cvtpd_epi32(x0a));
+            let y0 = _mm256_set_m128i(_mm256_cvtpd_epi32(y0b), _mm256_cvtpd_epi32(y0a));
+            let (fx, fy) = (_mm256_set_m128(fxb, fxa), _mm256_set_m128(fyb, fya));
+            let top = _mm256_add_epi32(
+                _mm256_mullo_epi32(y0, _mm256_set1_epi32(stride)),
+                _mm256_mullo_epi32(x0, _mm256_set1_epi32(3)),
+            );
+            let bottom = _mm256_add_epi32(top, _mm256_set1_epi32(stride));
+            let three = _mm256_set1_epi32(3);
+            // SAFETY: every neighbourhood lies inside the photo with a column to spare, so the
+            // 4 bytes read at each offset (the last: a pixel's 3 and the next pixel's first)
+            // are the photo's; offsets fit i32 (the caller's promise).
+            let [p00, p10, p01, p11] = unsafe {
+                [
+                    _mm256_i32gather_epi32::<1>(base, top),
+                    _mm256_i32gather_epi32::<1>(base, _mm256_add_epi32(top, three)),
+                    _mm256_i32gather_epi32::<1>(base, bottom),
+                    _mm256_i32gather_epi32::<1>(base, _mm256_add_epi32(bottom, three)),
+                ]
+            };
+            let (rest_x, rest_y) = (_mm256_sub_ps(one, fx), _mm256_sub_ps(one, fy));
+            for (c, plane) in [&mut *red, &mut *green, &mut *blue].into_iter().enumerate() {
+                let lerp = |a: __m256i, b: __m256i| {
+                    _mm256_add_ps(
+                        _mm256_mul_ps(channel(a, c), rest_x),
+                        _mm256_mul_ps(channel(b, c), fx),
+                    )
+                };
+                let (top, bottom) = (lerp(p00, p10), lerp(p01, p11));
+                let value = _mm256_div_ps(
+                    _mm256_add_ps(_mm256_mul_ps(top, rest_y), _mm256_mul_ps(bottom, fy)),
+                    scale,
+                );
+                // SAFETY: `u0 + 8 <= INPUT_SIZE` values of the row.
+                unsafe { _mm256_storeu_ps(plane[u0..u0 + LANES].as_mut_ptr(), value) };
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -540,6 +713,55 @@ mod tests {
     fn floor_matches_std() {
         for x in [-2.5, -1.0, -0.5, -0.0, 0.0, 0.25, 1.0, 2.7, 191.99] {
             assert_eq!(floor(x), x.floor() as i64, "{x}");
+        }
+    }
+
+    /// The vectorised rows give the crop one sample at a time gives, bit for bit: ROIs inside
+    /// the photo, across each of its edges and corners, turned and not, larger and smaller than
+    /// the crop.
+    #[test]
+    fn sampled_rows_match_one_sample_at_a_time() {
+        let (w, h) = (301u32, 203u32);
+        let img = image::RgbImage::from_fn(w, h, |x, y| {
+            let v = x.wrapping_mul(2_654_435_761) ^ y.wrapping_mul(40_503);
+            image::Rgb([(v >> 3) as u8, (v >> 11) as u8, (v >> 19) as u8])
+        });
+        let rois = [
+            ([150.0, 100.0], 120.0, 0.0),
+            ([150.0, 100.0], 150.0, 0.37),
+            ([20.0, 30.0], 90.0, -1.2),
+            ([290.0, 195.0], 60.0, 2.9),
+            ([150.0, 5.0], 400.0, 0.01),
+            ([299.7, 100.2], 33.3, 1.5),
+        ];
+        for (centre, size, angle) in rois {
+            let roi = RoiTransform {
+                centre,
+                size,
+                angle,
+            };
+            let sampler = Sampler::new(&img, &roi);
+            for v in 0..INPUT_SIZE {
+                let mut fast = vec![[0f32; INPUT_SIZE]; 3];
+                let mut slow = fast.clone();
+                let [r, g, b] = &mut fast[..] else {
+                    unreachable!()
+                };
+                sampler.row(v, [r, g, b]);
+                let [r, g, b] = &mut slow[..] else {
+                    unreachable!()
+                };
+                sampler.row_from(v, 0, [r, g, b]);
+                for c in 0..3 {
+                    for u in 0..INPUT_SIZE {
+                        assert_eq!(
+                            fast[c][u].to_bits(),
+                            slow[c][u].to_bits(),
+                            "roi {centre:?} {size} {angle}: row {v}, column {u}, channel {c}"
+                        );
+                    }
+                }
+            }
         }
     }
 
