@@ -166,6 +166,15 @@ pub struct FusedConv2d {
 }
 
 impl FusedConv2d {
+    /// Whether the layer's weights are packed for [`pointwise_panels`] (which then keeps no
+    /// row-major copy of them).
+    fn in_panels(&self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        return self.panels.is_some();
+        #[cfg(not(target_arch = "x86_64"))]
+        false
+    }
+
     /// Builds a layer from a `[Cout, Cin/groups, KH, KW]` weight and an optional `[Cout]` bias.
     pub fn new(
         weight: &Tensor,

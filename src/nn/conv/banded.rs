@@ -78,8 +78,7 @@ impl Block<'_> {
     fn runs_banded(&self, h: usize, w: usize) -> bool {
         let dw = self.depthwise;
         // Layers of the panel kernel keep no row-major weights for the bands' GEMMs.
-        let pointwise =
-            |conv: &FusedConv2d| conv.kind == Kernel::Pointwise && !conv.weight.is_empty();
+        let pointwise = |conv: &FusedConv2d| conv.kind == Kernel::Pointwise && !conv.in_panels();
         #[cfg(target_arch = "x86_64")]
         let in_place = depthwise_avx2::runs(dw.kernel, dw.geometry.stride);
         #[cfg(not(target_arch = "x86_64"))]
