@@ -20,6 +20,7 @@ help:
 	@echo "make test-arm64 - every test that matters on aarch64, under qemu (test-arm64-ci: the documented subset)"
 	@echo "make bench-cold-start - cold start of the Lambda zip against a local Runtime API + moto"
 	@echo "make bench-peer / bench-peer-pipeline - per network / whole processes beside onnxruntime"
+	@echo "make bench-peer-avx2 - the same for the AVX2 machine class (both sides held to AVX2 kernels)"
 	@echo "make venv    - pinned Python tools (tools/requirements.txt) into .venv/"
 
 # Python tools (pinned) used by tests and converters; never imported by the service.

@@ -22,4 +22,12 @@ bench-peer: $(VENV)/.bench-stamp models
 bench-peer-pipeline: $(VENV)/.bench-stamp models
 	$(CARGO) build --release --locked --bin liveness
 	$(PY) tools/bench_peer.py --pipeline --liveness $(or $(CARGO_TARGET_DIR),target)/release/liveness $(BENCH_PEER_ARGS)
-.PHONY: bench-peer bench-peer-pipeline
+
+# `make bench-peer-avx2`: the AVX2 machine class on whatever CPU this is: our build without the
+# `avx512` feature (its own target directory, so the default build stays) beside onnxruntime made
+# to pick its AVX2 kernels (tools/ort_avx2.py). BENCH_PEER_ARGS as above, e.g. "--pipeline".
+AVX2_TARGET_DIR = $(or $(CARGO_TARGET_DIR),target)/avx2
+bench-peer-avx2: $(VENV)/.bench-stamp models
+	CARGO_TARGET_DIR=$(AVX2_TARGET_DIR) $(CARGO) build --release --locked --no-default-features --bin liveness
+	$(PY) tools/bench_peer.py --ort-avx2 --liveness $(AVX2_TARGET_DIR)/release/liveness $(BENCH_PEER_ARGS)
+.PHONY: bench-peer bench-peer-pipeline bench-peer-avx2

@@ -22,6 +22,10 @@ RetinaFace at long side 640 + MiniFASNetV2 + V1SE, no gate: ../shared/reference/
 (b); also with 2 intra-op threads) and `liveness check` (gate and all three anti-spoof networks)
 with 1 and 2 threads, each one process over the live and spoof photos of faces-dev,
 alternating, wall time from exec to exit. Ratios are to the reference with 1 thread.
+
+With --ort-avx2 onnxruntime runs its AVX2 kernels even on an AVX-512 CPU (a patched copy of the
+pinned package, see tools/ort_avx2.py); pair it with our build without the `avx512` feature
+(`make bench-peer-avx2`) to compare the AVX2 machine class on this machine.
 """
 import argparse
 import os
@@ -36,6 +40,8 @@ import numpy as np
 import onnxruntime as ort
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Set (to the patched package's directory) in the process that runs with --ort-avx2.
+ORT_AVX2_ENV = "BENCH_PEER_ORT_AVX2"
 SHARED = os.path.join(ROOT, "..", "shared")
 
 # (name printed by `liveness bench`, onnx path or builder, input shape, low, high)
@@ -139,7 +145,7 @@ def bench_pipelines(args):
         for name, cmd, run_env in runs:
             times[name].append(wall_seconds(cmd + photos, run_env))
     load.append(os.getloadavg())
-    print(f"CPU: {cpu_name()} ({os.cpu_count()} CPUs); onnxruntime {ort.__version__}, 1 intra-op thread")
+    print(f"CPU: {cpu_name()} ({os.cpu_count()} CPUs); {ort_name()}, 1 intra-op thread")
     print(f"{len(photos)} photos (faces-dev live + spoof), one process each, {args.rounds} rounds alternating; "
           f"loadavg before {load[0][0]:.2f}, after {load[1][0]:.2f}")
     print("| process | wall s, median (min) | ms per photo | ratio to reference |")
@@ -173,13 +179,30 @@ def ort_layers(args):
         if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
             nodes.setdefault(event["name"][: -len("_kernel_time")], []).append(event["dur"] / 1e3)
     os.remove(profile)
-    print(f"{name}: onnxruntime {ort.__version__}, 1 thread, median of {args.iterations} runs per node (ms)")
+    print(f"{name}: {ort_name()}, 1 thread, median of {args.iterations} runs per node (ms)")
     total = 0.0
     for node, times in nodes.items():
         med = statistics.median(times[1:] or times)
         total += med
         print(f"  {node:<50} {med:8.3f}")
     print(f"  total {total:.2f} ms")
+
+
+def ort_name():
+    """onnxruntime's version, and which kernels it was made to pick."""
+    avx2 = " (AVX2 kernels, tools/ort_avx2.py)" if os.environ.get(ORT_AVX2_ENV) else ""
+    return f"onnxruntime {ort.__version__}{avx2}"
+
+
+def reexec_with_avx2_ort(cache):
+    """Runs this script again with the AVX2-only copy of onnxruntime first on the import path."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import ort_avx2
+
+    dest = ort_avx2.prepare(os.path.join(cache, "ort-avx2"))
+    env = dict(os.environ, **{ORT_AVX2_ENV: dest})
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (dest, env.get("PYTHONPATH")) if p)
+    os.execve(sys.executable, [sys.executable] + sys.argv, env)
 
 
 def main():
@@ -191,14 +214,22 @@ def main():
                     help="threads for both sides (onnxruntime intra-op, LIVENESS_THREADS)")
     ap.add_argument("--pipeline", action="store_true", help="whole processes over the dev photos")
     ap.add_argument("--ort-layers", metavar="NAME", help="onnxruntime's per-node profile of one network")
+    ap.add_argument("--ort-avx2", action="store_true",
+                    help="onnxruntime with its AVX2 kernels even on an AVX-512 CPU (tools/ort_avx2.py)")
     args = ap.parse_args()
+    cache = os.environ.get("BENCH_PEER_DIR", os.path.join(ROOT, "target/bench-peer"))
+    if args.ort_avx2:
+        patched = os.environ.get(ORT_AVX2_ENV)
+        if not patched:
+            reexec_with_avx2_ort(cache)
+        if not ort.__file__.startswith(patched):
+            sys.exit(f"--ort-avx2: imported {ort.__file__}, not the copy in {patched}")
     if args.ort_layers:
         ort_layers(args)
         return
     if args.pipeline:
         bench_pipelines(args)
         return
-    cache = os.environ.get("BENCH_PEER_DIR", os.path.join(ROOT, "target/bench-peer"))
     convert(cache)
     nets = networks(cache)
     rng = np.random.default_rng(0)
@@ -224,7 +255,7 @@ def main():
     except OSError:
         pass
     simd = [f for f in ("avx2", "fma", "avx512f") if f in flags]
-    print(f"CPU: {cpu_name()} ({os.cpu_count()} CPUs; {' '.join(simd)}); onnxruntime {ort.__version__}; "
+    print(f"CPU: {cpu_name()} ({os.cpu_count()} CPUs; {' '.join(simd)}); {ort_name()}; "
           f"{args.threads} thread(s) each")
     print(f"{args.rounds} rounds x {args.iterations} iterations; loadavg before {load[0][0]:.2f}, "
           f"after {load[1][0]:.2f}")
