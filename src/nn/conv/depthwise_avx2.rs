@@ -1,7 +1,7 @@
 //! 3x3 depthwise convolution, stride 1 or 2, read straight from the `NCHW` input with AVX2 and
 //! FMA.
 //!
-//! Each output row is computed in chunks of 8 outputs, and each chunk in up to 4 output rows
+//! Each output row is computed in chunks of 8 outputs, and each chunk in up to 3 output rows
 //! at once: independent chains of multiply-adds, and each input row's columns loaded once for
 //! every output row that uses it. A chunk loads its input columns with masked loads where it
 //! reaches over the left or right edge of the row (the masked lanes read as the zero padding)
@@ -351,7 +351,14 @@ impl<V: Vector> Chunk<V> {
 
 /// Output rows summed side by side, for one chunk of columns: independent chains of
 /// multiply-adds, and each input row's columns loaded once for every output row that uses it.
-const ROWS: usize = 4;
+///
+/// Three, measured (`liveness bench --layers`, alternating, Zen 5): with 4, the AVX2 build
+/// spilled its sums to the stack (233 spill stores in the function; 53 with 3), and 3 rows took
+/// 0.62-0.68x the time of 4 on stride-1 maps of 32 columns or more and 0.70-0.79x on stride 2;
+/// 2 rows were level with 3 on stride 1 and slower on stride 2. The AVX-512 build, which did
+/// not spill with 4, also gained (stride 2 0.73-0.86x, stride 1 0.81-1.0x); 6 rows were slower
+/// there (stride 2 1.25-1.54x).
+const ROWS: usize = 3;
 
 /// One channel's taps, bias and activation, splatted.
 #[derive(Clone, Copy)]
@@ -440,8 +447,8 @@ pub(super) struct Layer<'a> {
 /// planes).
 ///
 /// On CPUs with AVX-512F (and the `avx512` feature) the same code runs on 512-bit vectors of
-/// 16 outputs, with 32 registers (the 9 taps, 4 rows of sums and 3 input columns do not
-/// spill, as they do in AVX2's 16), masked loads zeroing the lanes past the row's edges and a
+/// 16 outputs, with 32 registers (the 9 taps, the rows of sums and 3 input columns do not
+/// spill, as some do in AVX2's 16), masked loads zeroing the lanes past the row's edges and a
 /// masked store for a row's last outputs.
 ///
 /// # Safety
@@ -534,8 +541,6 @@ unsafe fn convolve_rows<V: Vector, const S: usize>(layer: &Layer, dst: &mut [May
                 // in rows `oy..oy + count` are in the plane.
                 unsafe {
                     match (count, masked) {
-                        (4, false) => chunk_rows::<V, 4, S, false>(&rows, chunk, &channel, at, ow),
-                        (4, true) => chunk_rows::<V, 4, S, true>(&rows, chunk, &channel, at, ow),
                         (3, false) => chunk_rows::<V, 3, S, false>(&rows, chunk, &channel, at, ow),
                         (3, true) => chunk_rows::<V, 3, S, true>(&rows, chunk, &channel, at, ow),
                         (2, false) => chunk_rows::<V, 2, S, false>(&rows, chunk, &channel, at, ow),
