@@ -199,7 +199,7 @@ def reexec_with_avx2_ort(cache):
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import ort_avx2
 
-    dest = ort_avx2.prepare(os.path.join(cache, "ort-avx2"))
+    dest = ort_avx2.prepare(os.path.abspath(os.path.join(cache, "ort-avx2")))
     env = dict(os.environ, **{ORT_AVX2_ENV: dest})
     env["PYTHONPATH"] = os.pathsep.join(p for p in (dest, env.get("PYTHONPATH")) if p)
     os.execve(sys.executable, [sys.executable] + sys.argv, env)
@@ -222,7 +222,7 @@ def main():
         patched = os.environ.get(ORT_AVX2_ENV)
         if not patched:
             reexec_with_avx2_ort(cache)
-        if not ort.__file__.startswith(patched):
+        if not os.path.realpath(ort.__file__).startswith(os.path.realpath(patched)):
             sys.exit(f"--ort-avx2: imported {ort.__file__}, not the copy in {patched}")
     if args.ort_layers:
         ort_layers(args)
