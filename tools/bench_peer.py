@@ -222,7 +222,8 @@ def main():
         patched = os.environ.get(ORT_AVX2_ENV)
         if not patched:
             reexec_with_avx2_ort(cache)
-        if not os.path.realpath(ort.__file__).startswith(os.path.realpath(patched)):
+        patched = os.path.realpath(patched)
+        if os.path.commonpath([os.path.realpath(ort.__file__), patched]) != patched:
             sys.exit(f"--ort-avx2: imported {ort.__file__}, not the copy in {patched}")
     if args.ort_layers:
         ort_layers(args)
